@@ -1,0 +1,247 @@
+//! Building the proot command line and spawning it with the process's
+//! streams.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use sidewhale_core::executor::{BoxedReader, BoxedWriter};
+use sidewhale_core::ExecutorError;
+use tokio::process::{Child, Command};
+
+use crate::pty::{Pty, PtyStream};
+use crate::user::ResolvedUser;
+
+/// Everything needed to run one process under proot.
+#[derive(Clone, Debug)]
+pub(crate) struct LaunchSpec {
+    pub proot: PathBuf,
+    pub rootfs: PathBuf,
+    /// `(host source, guest destination)` pairs, in the order given to
+    /// proot.
+    pub binds: Vec<(PathBuf, String)>,
+    pub working_dir: String,
+    pub user: ResolvedUser,
+    pub argv: Vec<String>,
+    /// The complete environment of the process, defaults included.
+    pub env: Vec<(String, String)>,
+    pub tty: bool,
+    pub open_stdin: bool,
+}
+
+/// A spawned proot process and the executor's ends of its streams.
+pub(crate) struct Spawned {
+    pub child: Child,
+    pub stdin: Option<BoxedWriter>,
+    pub stdout: BoxedReader,
+    pub stderr: Option<BoxedReader>,
+    /// The pseudo-terminal's master, kept for window size changes.
+    pub pty_master: Option<OwnedFd>,
+}
+
+/// Returns proot's arguments for `spec`:
+/// `-v -1 -r ROOTFS -b HOST:GUEST… -w DIR (-0 | -i UID:GID) ARGV…`.
+pub(crate) fn proot_args(spec: &LaunchSpec) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+
+    // Verbosity -1 keeps proot's own notes ("can't chdir", "terminated
+    // with signal") out of the container's stderr. Errors still show.
+    args.extend(["-v".into(), "-1".into()]);
+    args.extend(["-r".into(), spec.rootfs.clone().into_os_string()]);
+
+    for (source, destination) in &spec.binds {
+        let mut bind = source.clone().into_os_string();
+        if source.as_os_str() != destination.as_str() {
+            bind.push(":");
+            bind.push(destination);
+        }
+        args.extend(["-b".into(), bind]);
+    }
+
+    args.extend(["-w".into(), spec.working_dir.clone().into()]);
+
+    if spec.user.is_root() {
+        args.push("-0".into());
+    } else {
+        args.push("-i".into());
+        args.push(format!("{}:{}", spec.user.uid, spec.user.gid).into());
+    }
+
+    args.extend(spec.argv.iter().map(OsString::from));
+    args
+}
+
+/// Spawns proot for `spec` in a new session. With `tty` the process gets a
+/// pseudo-terminal as its controlling terminal; otherwise stdout and
+/// stderr are separate pipes and stdin is a pipe or `/dev/null`.
+pub(crate) fn spawn(spec: &LaunchSpec) -> Result<Spawned, ExecutorError> {
+    let mut command = Command::new(&spec.proot);
+    command
+        .args(proot_args(spec))
+        .env_clear()
+        .envs(spec.env.iter().map(|(key, value)| (key, value)))
+        .current_dir("/");
+
+    if spec.tty {
+        spawn_with_pty(command, spec)
+    } else {
+        spawn_with_pipes(command, spec)
+    }
+}
+
+fn spawn_with_pipes(mut command: Command, spec: &LaunchSpec) -> Result<Spawned, ExecutorError> {
+    let stdin = if spec.open_stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
+
+    // SAFETY: the closure runs between fork and exec and only calls
+    // setsid(2), which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+
+    let mut child = command.spawn().map_err(|e| spawn_error(spec, e))?;
+
+    let stdin = child
+        .stdin
+        .take()
+        .map(|stdin| Box::pin(stdin) as BoxedWriter);
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| ExecutorError::Other("proot started without a stdout pipe".into()))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| ExecutorError::Other("proot started without a stderr pipe".into()))?;
+
+    Ok(Spawned {
+        child,
+        stdin,
+        stdout: Box::pin(stdout),
+        stderr: Some(Box::pin(stderr)),
+        pty_master: None,
+    })
+}
+
+fn spawn_with_pty(mut command: Command, spec: &LaunchSpec) -> Result<Spawned, ExecutorError> {
+    let pty = Pty::open().map_err(|e| ExecutorError::io("open a pseudo-terminal", e))?;
+    let clone = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map_err(|e| ExecutorError::io("duplicate a pseudo-terminal fd", e))
+    };
+
+    command
+        .stdin(Stdio::from(clone(&pty.slave)?))
+        .stdout(Stdio::from(clone(&pty.slave)?))
+        .stderr(Stdio::from(clone(&pty.slave)?));
+
+    // SAFETY: the closure runs between fork and exec and only calls
+    // setsid(2) and ioctl(2), both async-signal-safe. Fd 0 is the slave
+    // at that point, so TIOCSCTTY makes it the controlling terminal of the
+    // new session.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    let child = command.spawn().map_err(|e| spawn_error(spec, e))?;
+
+    // The parent's copies of the slave must be closed, or reading the
+    // master never reaches end of file.
+    drop(command);
+    drop(pty.slave);
+
+    let stream = |fd: OwnedFd| {
+        PtyStream::new(fd).map_err(|e| ExecutorError::io("watch a pseudo-terminal", e))
+    };
+    let stdout = stream(clone(&pty.master)?)?;
+    let stdin = if spec.open_stdin {
+        Some(Box::pin(stream(clone(&pty.master)?)?) as BoxedWriter)
+    } else {
+        None
+    };
+
+    Ok(Spawned {
+        child,
+        stdin,
+        stdout: Box::pin(stdout),
+        stderr: None,
+        pty_master: Some(pty.master),
+    })
+}
+
+fn spawn_error(spec: &LaunchSpec, error: std::io::Error) -> ExecutorError {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        return ExecutorError::Unavailable {
+            executor: "proot".into(),
+            reason: format!(
+                "{} not found: install proot (apt-get install proot) or set its path",
+                spec.proot.display()
+            ),
+        };
+    }
+    ExecutorError::io(format!("run {}", spec.proot.display()), error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(uid: u32, gid: u32) -> LaunchSpec {
+        LaunchSpec {
+            proot: "proot".into(),
+            rootfs: "/state/c/abc/rootfs".into(),
+            binds: vec![
+                ("/proc".into(), "/proc".into()),
+                ("/state/c/abc/hosts".into(), "/etc/hosts".into()),
+            ],
+            working_dir: "/app".into(),
+            user: ResolvedUser {
+                uid,
+                gid,
+                home: "/".into(),
+            },
+            argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            env: vec![],
+            tty: false,
+            open_stdin: false,
+        }
+    }
+
+    fn joined(args: Vec<OsString>) -> String {
+        args.iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn root_uses_fake_root() {
+        assert_eq!(
+            joined(proot_args(&spec(0, 0))),
+            "-v -1 -r /state/c/abc/rootfs -b /proc -b /state/c/abc/hosts:/etc/hosts \
+             -w /app -0 sh -c echo hi"
+        );
+    }
+
+    #[test]
+    fn other_user_uses_change_id() {
+        let args = joined(proot_args(&spec(1000, 50)));
+
+        assert!(args.contains(" -i 1000:50 sh "), "{args}");
+        assert!(!args.contains(" -0 "), "{args}");
+    }
+}

@@ -1,0 +1,174 @@
+//! `sidewhale`: serves the Docker Engine API on TCP and a unix socket, and
+//! runs containers with the configured executors.
+
+#![recursion_limit = "256"]
+
+mod api;
+mod runtime;
+mod stdcopy;
+
+use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use sidewhale_config::{Config, ExecutorOverrides, Overrides};
+use sidewhale_core::{Executor, Probe};
+use sidewhale_executors::ProotExecutor;
+use sidewhale_images::{ImageStore, RegistryOptions};
+
+use crate::runtime::ports::TcpPortForwarder;
+use crate::runtime::Daemon;
+
+/// A Docker Engine API server that runs Testcontainers workloads without a
+/// Docker daemon.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// TCP address to serve the API on; repeat for several.
+    /// [default: 127.0.0.1:23750]
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Vec<String>,
+    /// Unix socket to serve the API on. [default: STATE_DIR/docker.sock]
+    #[arg(long, value_name = "PATH")]
+    listen_unix: Option<PathBuf>,
+    /// Directory for images, containers and logs.
+    /// [default: /var/lib/sidewhale for root, ~/.local/share/sidewhale otherwise]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Registry tried before Docker Hub for docker.io images; repeat for
+    /// several. Plain http:// URLs are allowed.
+    #[arg(long, value_name = "URL")]
+    registry_mirror: Vec<String>,
+    /// Registry reached over plain HTTP; repeat for several.
+    #[arg(long, value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// Executor used when neither the request nor a rule names one.
+    /// [default: proot]
+    #[arg(long, value_name = "NAME")]
+    executor: Option<String>,
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            listen_unix: self.listen_unix.clone(),
+            state_dir: self.state_dir.clone(),
+            registry_mirrors: self.registry_mirror.clone(),
+            insecure_registries: self.insecure_registry.clone(),
+            executor: self
+                .executor
+                .clone()
+                .map(|default| ExecutorOverrides { default: Some(default) }),
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIDEWHALE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Creates every built-in executor and probes it.
+async fn executors(config: &Config) -> BTreeMap<String, (Arc<dyn Executor>, Probe)> {
+    let proot = sidewhale_executors::ProotOptions { proot_path: config.executor.proot_path.clone() };
+    let candidates: Vec<Arc<dyn Executor>> = vec![Arc::new(ProotExecutor::new(proot))];
+    let mut executors = BTreeMap::new();
+    for executor in candidates {
+        let probe = executor.probe().await;
+        match &probe {
+            Probe::Available => tracing::info!(executor = executor.name(), "executor available"),
+            Probe::Unavailable(reason) => {
+                tracing::warn!(executor = executor.name(), %reason, "executor unavailable")
+            }
+        }
+        executors.insert(executor.name().to_string(), (executor, probe));
+    }
+    executors
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = Config::load(cli.config.as_deref(), &cli.overrides())?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("failed to create state directory {}", config.state_dir.display()))?;
+
+    let executors = executors(&config).await;
+    match executors.get(&config.executor.default) {
+        Some((_, Probe::Available)) => {}
+        Some((_, Probe::Unavailable(reason))) => anyhow::bail!(
+            "the default executor {} cannot run on this host: {reason}",
+            config.executor.default
+        ),
+        None => anyhow::bail!(
+            "executor.default: unknown executor {:?}; available: {}",
+            config.executor.default,
+            executors.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
+
+    let options = RegistryOptions {
+        mirrors: config.registry_mirrors.clone(),
+        insecure_registries: config.insecure_registries.clone(),
+        ..RegistryOptions::default()
+    };
+    let images = Arc::new(
+        ImageStore::open(config.state_dir.join("images"), options)
+            .context("failed to open the image store")?,
+    );
+    let daemon = Daemon::open(config.clone(), images, executors, Arc::new(TcpPortForwarder::default()))?;
+    let app = api::router(daemon.clone());
+
+    let mut servers = tokio::task::JoinSet::new();
+    for address in &config.listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("failed to listen on {address}"))?;
+        tracing::info!(%address, "serving the Docker API over TCP");
+        servers.spawn(axum::serve(listener, app.clone()).into_future());
+    }
+    let socket = config.unix_socket();
+    if socket.exists() {
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("failed to remove stale socket {}", socket.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("failed to listen on {}", socket.display()))?;
+    tracing::info!(path = %socket.display(), "serving the Docker API on a unix socket");
+    servers.spawn(axum::serve(listener, app.clone()).into_future());
+
+    tokio::select! {
+        finished = servers.join_next() => {
+            if let Some(Ok(Err(error))) = finished {
+                return Err(error).context("API server failed");
+            }
+        }
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    daemon.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}

@@ -1,0 +1,347 @@
+//! Starting, stopping, killing, waiting for and removing containers.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sidewhale_core::{ContainerSpec, ExecutorError, ExitStatus, Process, ProcessSpec};
+use tokio::sync::watch;
+
+use super::logs::Stream;
+use super::model::Status;
+use super::{files, parse_signal, Container, Daemon, Error, Result};
+
+/// Docker's default grace period before `stop` kills.
+const DEFAULT_STOP_TIMEOUT: i64 = 10;
+
+/// How long a process may keep its output pipes open after it exited,
+/// for example through a daemon it started, before they are abandoned.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `condition` of `POST /containers/{id}/wait`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitCondition {
+    NotRunning,
+    NextExit,
+    Removed,
+}
+
+impl WaitCondition {
+    pub fn parse(text: Option<&str>) -> Result<WaitCondition> {
+        match text {
+            None | Some("") | Some("not-running") => Ok(WaitCondition::NotRunning),
+            Some("next-exit") => Ok(WaitCondition::NextExit),
+            Some("removed") => Ok(WaitCondition::Removed),
+            Some(other) => Err(Error::InvalidParameter(format!(
+                "invalid condition: \"{other}\""
+            ))),
+        }
+    }
+}
+
+impl Daemon {
+    /// Returns what the executor needs to run the container.
+    pub fn container_spec(&self, container: &Container) -> ContainerSpec {
+        let record = container.record();
+        ContainerSpec {
+            id: record.id.clone(),
+            rootfs: container.rootfs(),
+            runtime_dir: container.dir.join("runtime"),
+            hostname: record.hostname(),
+            process: ProcessSpec {
+                argv: record.argv(),
+                env: record.process_env(),
+                working_dir: record.config.working_dir.clone().unwrap_or_default(),
+                user: record.config.user.clone().unwrap_or_default(),
+                tty: record.config.tty.unwrap_or(false),
+                open_stdin: record.config.open_stdin.unwrap_or(false),
+            },
+            mounts: files::mounts(&container.dir, &record),
+        }
+    }
+
+    /// Starts the container's main process, with its ports listening
+    /// before this returns.
+    pub async fn start_container(self: &Arc<Self>, container: &Arc<Container>) -> Result<()> {
+        let _lifecycle = container.lifecycle.lock().await;
+        let record = container.record();
+        match record.state.status {
+            Status::Running => return Err(Error::NotModified),
+            Status::Removing => {
+                return Err(Error::Conflict(format!(
+                    "container {} is marked for removal and cannot be started",
+                    record.id
+                )))
+            }
+            Status::Created | Status::Exited => {}
+        }
+        let executor = self.executor(&record.runtime)?;
+        let spec = self.container_spec(container);
+        std::fs::create_dir_all(&spec.runtime_dir)
+            .map_err(|error| Error::internal("failed to create the runtime directory", error))?;
+
+        let published = self
+            .forwarder
+            .publish(&record.id, IpAddr::V4(Ipv4Addr::LOCALHOST), &record.port_bindings)
+            .await
+            .map_err(|error| {
+                Error::Internal(format!(
+                    "driver failed programming external connectivity on endpoint {}: {error}",
+                    record.name
+                ))
+            })?;
+
+        let mut process = match executor.start(&spec).await {
+            Ok(process) => process,
+            Err(error) => {
+                self.forwarder.unpublish(&record.id).await;
+                return Err(self.record_start_failure(container, error));
+            }
+        };
+
+        container.logs.set_live(true);
+        container.set_control(Some(process.control.clone()));
+        // Set before the state says running, which is when an attached
+        // client looks for it.
+        container.set_stdin(process.stdin.take());
+        let pid = process.control.pid().unwrap_or(0);
+        container.update(|record| {
+            record.state.status = Status::Running;
+            record.state.pid = pid;
+            record.state.exit_code = 0;
+            record.state.error.clear();
+            record.state.started_at = Some(chrono::Utc::now());
+            record.ports = published;
+        });
+        tracing::info!(container = %&record.id[..12], pid, runtime = %record.runtime, "started container");
+        tokio::spawn(self.clone().supervise(container.clone(), process));
+        Ok(())
+    }
+
+    /// Records a failed start as Docker does: the container is exited with
+    /// 127 (not found) or 126 (not executable) and the error in its state.
+    fn record_start_failure(&self, container: &Container, error: ExecutorError) -> Error {
+        let exit_code = match &error {
+            ExecutorError::NotFound(_) => 127,
+            ExecutorError::NotExecutable(_) => 126,
+            _ => 128,
+        };
+        let message = format!("failed to create task for container: {error}");
+        tracing::warn!(container = %&container.id[..12], %error, "container failed to start");
+        container.update(|record| {
+            record.state.status = Status::Exited;
+            record.state.exit_code = exit_code;
+            record.state.error = message.clone();
+            record.state.finished_at = Some(chrono::Utc::now());
+            record.state.exits += 1;
+        });
+        match error {
+            ExecutorError::Unavailable { .. } | ExecutorError::Io { .. } | ExecutorError::Other(_) => {
+                Error::Internal(message)
+            }
+            _ => Error::InvalidParameter(message),
+        }
+    }
+
+    /// Collects the output of the main process, then records its exit.
+    async fn supervise(self: Arc<Self>, container: Arc<Container>, process: Process) {
+        let Process { stdout, stderr, control, exit, .. } = process;
+        let stdout_logs = container.logs.clone();
+        let mut pumps = vec![tokio::spawn(async move { stdout_logs.pump(Stream::Stdout, stdout).await })];
+        if let Some(stderr) = stderr {
+            let stderr_logs = container.logs.clone();
+            pumps.push(tokio::spawn(async move { stderr_logs.pump(Stream::Stderr, stderr).await }));
+        }
+
+        let status = exit.await;
+        if let Err(error) = control.kill_all() {
+            tracing::warn!(container = %&container.id[..12], %error, "failed to kill leftover processes");
+        }
+        for pump in pumps {
+            if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, pump).await.is_err() {
+                tracing::warn!(container = %&container.id[..12], "output still open after exit, abandoning it");
+            }
+        }
+        self.finish(&container, status).await;
+    }
+
+    async fn finish(self: &Arc<Self>, container: &Arc<Container>, status: ExitStatus) {
+        let record = container.record();
+        self.forwarder.unpublish(&record.id).await;
+        container.set_control(None);
+        container.set_stdin(None);
+        container.logs.set_live(false);
+        container.update(|record| {
+            record.state.status = Status::Exited;
+            record.state.exit_code = status.code();
+            record.state.pid = 0;
+            record.state.finished_at = Some(chrono::Utc::now());
+            record.state.exits += 1;
+            record.ports.clear();
+        });
+        tracing::info!(container = %&record.id[..12], ?status, exit_code = status.code(), "container exited");
+
+        if let Ok(executor) = self.executor(&record.runtime) {
+            if let Err(error) = executor.cleanup(&self.container_spec(container)).await {
+                tracing::warn!(container = %&record.id[..12], %error, "executor cleanup failed");
+            }
+        }
+        if record.auto_remove {
+            if let Err(error) = self.remove_container(container, true).await {
+                tracing::warn!(container = %&record.id[..12], %error, "failed to auto-remove container");
+            }
+        }
+    }
+
+    /// Sends the stop signal, waits up to `timeout` seconds, then kills.
+    pub async fn stop_container(
+        &self,
+        container: &Arc<Container>,
+        timeout: Option<i64>,
+        signal: Option<&str>,
+    ) -> Result<()> {
+        let record = container.record();
+        if !record.state.running() {
+            return Err(Error::NotModified);
+        }
+        let signal = match signal.or(record.config.stop_signal.as_deref()) {
+            Some(signal) if !signal.is_empty() => parse_signal(signal)?,
+            _ => libc::SIGTERM,
+        };
+        let timeout = timeout.or(record.config.stop_timeout).unwrap_or(DEFAULT_STOP_TIMEOUT);
+        let changes = container.subscribe();
+        let Some(control) = container.control() else {
+            return Err(Error::NotModified);
+        };
+        tracing::info!(container = %&record.id[..12], signal, timeout, "stopping container");
+
+        if timeout != 0 {
+            control.signal(signal)?;
+        }
+        // A negative timeout waits for as long as the process takes.
+        let grace = u64::try_from(timeout).ok().map(Duration::from_secs);
+        if !wait_until_stopped(container, changes.clone(), grace).await {
+            tracing::info!(container = %&record.id[..12], "grace period over, killing container");
+            control.kill_all()?;
+            wait_until_stopped(container, changes, Some(Duration::from_secs(30))).await;
+        }
+        Ok(())
+    }
+
+    /// Delivers a signal to the main process.
+    pub fn kill_container(&self, container: &Container, signal: Option<&str>) -> Result<()> {
+        let record = container.record();
+        let signal = match signal {
+            Some(signal) if !signal.is_empty() => parse_signal(signal)?,
+            _ => libc::SIGKILL,
+        };
+        let control = container.control().filter(|_| record.state.running()).ok_or_else(|| {
+            Error::Conflict(format!("Container {} is not running", record.id))
+        })?;
+        tracing::info!(container = %&record.id[..12], signal, "signalling container");
+        if signal == libc::SIGKILL {
+            control.kill_all()?;
+        } else {
+            control.signal(signal)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a container; a running one only with `force`, which kills it.
+    pub async fn remove_container(&self, container: &Arc<Container>, force: bool) -> Result<()> {
+        let record = container.record();
+        if record.state.running() {
+            if !force {
+                return Err(Error::Conflict(format!(
+                    "cannot remove container \"/{}\": container is running: stop the container \
+                     before removing or force remove",
+                    record.name
+                )));
+            }
+            let changes = container.subscribe();
+            if let Some(control) = container.control() {
+                control.kill_all()?;
+            }
+            wait_until_stopped(container, changes, Some(Duration::from_secs(30))).await;
+        }
+        let _lifecycle = container.lifecycle.lock().await;
+        if container.record().state.status == Status::Removing {
+            return Err(Error::Conflict(format!(
+                "removal of container {} is already in progress",
+                record.id
+            )));
+        }
+        container.update(|record| record.state.status = Status::Removing);
+
+        let images = self.images.clone();
+        let dir = container.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || images.remove_rootfs(&dir)).await;
+        if !matches!(removed, Ok(Ok(()))) {
+            tracing::warn!(container = %&record.id[..12], ?removed, "container directory not fully removed");
+        }
+        self.write_containers().remove(&record.id);
+        self.remove_execs_of(&record.id);
+        container.changes.send_modify(|version| *version += 1);
+        tracing::info!(container = %&record.id[..12], "removed container");
+        Ok(())
+    }
+
+    /// Waits for `condition` and returns the exit code.
+    pub async fn wait_container(&self, container: &Arc<Container>, condition: WaitCondition) -> i64 {
+        let mut changes = container.subscribe();
+        let initial_exits = container.record().state.exits;
+        loop {
+            let removed = self.container(&container.id).is_err();
+            let record = container.record();
+            let done = match condition {
+                WaitCondition::NotRunning => !record.state.running(),
+                WaitCondition::NextExit => record.state.exits > initial_exits,
+                WaitCondition::Removed => removed,
+            };
+            if done || (removed && condition != WaitCondition::Removed) {
+                return record.state.exit_code;
+            }
+            if changes.changed().await.is_err() {
+                return record.state.exit_code;
+            }
+        }
+    }
+}
+
+/// Waits until the container is not running; returns false on timeout.
+async fn wait_until_stopped(
+    container: &Container,
+    mut changes: watch::Receiver<u64>,
+    timeout: Option<Duration>,
+) -> bool {
+    let stopped = async {
+        while container.record().state.running() {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, stopped).await.is_ok(),
+        None => {
+            stopped.await;
+            true
+        }
+    }
+}
+
+impl Daemon {
+    /// Kills every running container, so that no process outlives the
+    /// server that supervises it, and waits for their exits to be saved.
+    pub async fn shutdown(&self) {
+        for container in self.containers() {
+            if container.record().state.running() {
+                let changes = container.subscribe();
+                if let Some(control) = container.control() {
+                    let _ = control.kill_all();
+                }
+                wait_until_stopped(&container, changes, Some(Duration::from_secs(10))).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+"""Fixtures that run a real sidewhale against the local test registry.
+
+The registry is started by tests/run.sh (tests/registry.sh start) and
+reached as a Docker Hub mirror, as a user behind a corporate mirror would.
+Set SIDEWHALE_TEST_USER to run sidewhale as that unprivileged user.
+"""
+
+import os
+import pathlib
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+MIRROR = os.environ.get("SIDEWHALE_TEST_MIRROR", "http://127.0.0.1:5000")
+BINARY = pathlib.Path(os.environ.get("SIDEWHALE_BIN", REPO / "target" / "debug" / "sidewhale"))
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Sidewhale:
+    """A running sidewhale process and where to reach it."""
+
+    def __init__(self, root, user):
+        self.root = pathlib.Path(root)
+        self.state_dir = self.root / "state"
+        self.log_path = self.root / "sidewhale.log"
+        self.port = free_port()
+        self.docker_host = f"tcp://127.0.0.1:{self.port}"
+        self.socket = self.state_dir / "docker.sock"
+        self.user = user
+        self.process = None
+
+    def start(self):
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(BINARY),
+            "--listen", f"127.0.0.1:{self.port}",
+            "--state-dir", str(self.state_dir),
+            "--registry-mirror", MIRROR,
+        ]
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "SIDEWHALE_LOG": os.environ.get("SIDEWHALE_LOG", "info"),
+            # A marker that must never reach a container's environment.
+            "SIDEWHALE_TEST_MARKER": "leaked",
+        }
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            for path in [self.root, *self.root.rglob("*")]:
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            env["HOME"] = entry.pw_dir
+            command = ["runuser", "-u", self.user, "--", *command]
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sidewhale exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_ping", timeout=1) as response:
+                    if response.read() == b"OK":
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"sidewhale did not answer /_ping within 30 s:\n{self.log_tail()}")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+    def log_tail(self, lines=40):
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def env(self):
+        """Returns the environment a client of this sidewhale runs with."""
+        env = dict(os.environ)
+        env["DOCKER_HOST"] = self.docker_host
+        env["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+        env.pop("DOCKER_CONFIG", None)
+        return env
+
+
+def check_registry():
+    try:
+        with urllib.request.urlopen(f"{MIRROR}/v2/", timeout=5) as response:
+            response.read()
+    except OSError as error:
+        pytest.exit(f"the test registry at {MIRROR} is not reachable ({error}); run tests/run.sh", 2)
+
+
+@pytest.fixture(scope="session")
+def sidewhale():
+    if not BINARY.exists():
+        pytest.exit(f"{BINARY} is missing; build it with cargo build", 2)
+    check_registry()
+    root = tempfile.mkdtemp(prefix="sw-")
+    server = Sidewhale(root, os.environ.get("SIDEWHALE_TEST_USER") or None)
+    server.start()
+    saved = {key: os.environ.get(key) for key in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED")}
+    os.environ["DOCKER_HOST"] = server.docker_host
+    os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+    yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+    if os.environ.get("SIDEWHALE_TEST_KEEP"):
+        print(f"sidewhale state kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Appends sidewhale's log to the report of a failed test."""
+    outcome = yield
+    report = outcome.get_result()
+    server = item.funcargs.get("sidewhale") if hasattr(item, "funcargs") else None
+    if report.failed and server is not None:
+        report.sections.append(("sidewhale log", server.log_tail()))
+
+
+@pytest.fixture
+def docker_client(sidewhale):
+    import docker
+
+    client = docker.DockerClient(base_url=sidewhale.docker_host, version="auto", timeout=120)
+    yield client
+    client.close()

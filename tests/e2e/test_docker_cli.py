@@ -1,0 +1,101 @@
+"""The docker CLI through sidewhale: pull, create, start, ps, logs, exec,
+stop and rm."""
+
+import subprocess
+import time
+import uuid
+
+import pytest
+
+
+def docker(sidewhale, *args, check=True, input=None, timeout=120):
+    result = subprocess.run(
+        ["docker", *args],
+        env=sidewhale.env(),
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"docker {' '.join(args)} exited with {result.returncode}\n"
+            f"stdout: {result.stdout}\nstderr: {result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture
+def name():
+    return f"cli-{uuid.uuid4().hex[:8]}"
+
+
+def test_cli_container_lifecycle(sidewhale, name):
+    pulled = docker(sidewhale, "pull", "busybox")
+    assert "busybox:latest" in pulled.stdout
+
+    script = "echo hello; echo oops >&2; trap 'echo bye; exit 0' TERM; while true; do sleep 1; done"
+    created = docker(sidewhale, "create", "--name", name, "--label", "suite=cli", "busybox", "sh", "-c", script)
+    container_id = created.stdout.strip()
+    assert len(container_id) == 64
+
+    listed = docker(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}} {{.Status}}")
+    assert listed.stdout.startswith(container_id[:12])
+    assert "Created" in listed.stdout
+
+    docker(sidewhale, "start", name)
+    running = docker(sidewhale, "ps", "--filter", "label=suite=cli", "--format", "{{.Names}} {{.Status}}")
+    assert f"{name} Up" in running.stdout
+
+    deadline = time.monotonic() + 10
+    logs = docker(sidewhale, "logs", name)
+    while "hello" not in logs.stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+        logs = docker(sidewhale, "logs", name)
+    assert logs.stdout == "hello\n"
+    assert logs.stderr == "oops\n"
+
+    executed = docker(sidewhale, "exec", name, "sh", "-c", "echo from-exec; cat /etc/hostname")
+    assert executed.stdout == f"from-exec\n{container_id[:12]}\n"
+    failed = docker(sidewhale, "exec", name, "sh", "-c", "exit 3", check=False)
+    assert failed.returncode == 3
+    missing = docker(sidewhale, "exec", name, "no-such-command", check=False)
+    assert missing.returncode == 127
+
+    docker(sidewhale, "stop", "-t", "5", name)
+    stopped = docker(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.Status}}")
+    assert stopped.stdout.startswith("Exited (0)")
+    assert "bye" in docker(sidewhale, "logs", name).stdout
+
+    docker(sidewhale, "rm", "-f", name)
+    gone = docker(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}}")
+    assert gone.stdout == ""
+
+
+def test_cli_rm_force_kills_running(sidewhale, name):
+    docker(sidewhale, "pull", "busybox")
+    docker(sidewhale, "run", "-d", "--name", name, "busybox", "sleep", "1000")
+    docker(sidewhale, "rm", "-f", name)
+    inspected = docker(sidewhale, "inspect", name, check=False)
+    assert inspected.returncode != 0
+    assert "No such object" in inspected.stderr or "No such container" in inspected.stderr
+
+
+def test_cli_missing_image_fails_cleanly(sidewhale):
+    result = docker(sidewhale, "pull", "no-such-image-anywhere:1", check=False)
+    assert result.returncode != 0
+    assert "not found" in result.stderr or "does not exist" in result.stderr
+
+
+def test_cli_run_foreground_prints_and_exits(sidewhale):
+    docker(sidewhale, "pull", "busybox")
+    result = docker(sidewhale, "run", "--rm", "busybox", "echo", "hello")
+    assert result.stdout == "hello\n"
+    failed = docker(sidewhale, "run", "--rm", "busybox", "sh", "-c", "exit 5", check=False)
+    assert failed.returncode == 5
+
+
+def test_cli_run_interactive_stdin(sidewhale):
+    docker(sidewhale, "pull", "busybox")
+    result = docker(sidewhale, "run", "-i", "--rm", "busybox", "cat", input="x\n")
+    assert result.stdout == "x\n"
