@@ -16,6 +16,7 @@ echo "== Rust tests"
 cargo test --workspace
 
 echo "== starting the test registry"
+export SIDEWHALE_TEST_MIRROR="http://127.0.0.1:${SIDEWHALE_TEST_REGISTRY_PORT:-5000}"
 bash tests/registry.sh start
 trap 'bash tests/registry.sh stop' EXIT
 

@@ -138,8 +138,8 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Answers at once with the headers, so that a client can start the
-/// container after posting the wait, and sends the body at the exit.
+/// Sends the headers at once, so that a client can start the container
+/// after posting the wait, and the body at the exit.
 pub async fn wait(
     State(daemon): State<AppState>,
     Path(id): Path<String>,

@@ -21,7 +21,7 @@ use crate::runtime::model::Status;
 use crate::runtime::Container;
 use crate::stdcopy;
 
-/// Which log entries a `logs` request selects.
+/// The log entries a `logs` or `attach` request selects, and their form.
 struct LogSelection {
     stdout: bool,
     stderr: bool,

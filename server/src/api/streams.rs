@@ -22,7 +22,10 @@ pub const MULTIPLEXED: &str = "application/vnd.docker.multiplexed-stream";
 /// Content type of a TTY stream, which carries raw bytes.
 pub const RAW: &str = "application/vnd.docker.raw-stream";
 
-/// Whether the client asked to hijack the connection
+/// Pause between the `101` response and the first output byte.
+const HEADER_SETTLE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Returns whether the client asked to hijack the connection
 /// (`Connection: Upgrade` with `Upgrade: tcp`).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     let connection = headers
@@ -54,7 +57,7 @@ async fn pump(mut reader: BoxedReader, stream: u8, tty: bool, sender: mpsc::Send
 
 /// Merges a process's output into one channel. The channel closes once
 /// both streams ended and `on_exit` has recorded the exit, so a client
-/// that inspects the process after the stream ends sees its exit code.
+/// that inspects the process after the stream ends gets its exit code.
 pub fn process_output(
     stdout: BoxedReader,
     stderr: Option<BoxedReader>,
@@ -84,9 +87,9 @@ pub fn plain_response(output: mpsc::Receiver<Bytes>, tty: bool) -> Response {
     super::streaming(if tty { RAW } else { MULTIPLEXED }, Body::from_stream(stream))
 }
 
-/// Where the input of a hijacked connection goes: a future that yields the
-/// process's stdin once it exists, and is given it back when the client
-/// closes its side, unless stdin should close then.
+/// The destination of a hijacked connection's input. `writer` yields the
+/// process's stdin once it exists. `on_close` receives it back when the
+/// client closes its side, to close it or keep it for a later attach.
 pub struct StdinTarget {
     pub writer: BoxFuture<'static, Option<BoxedWriter>>,
     pub on_close: Box<dyn FnOnce(BoxedWriter) + Send>,
@@ -123,6 +126,11 @@ pub fn hijacked_response(
                 return;
             }
         };
+        // docker-py reads the 101 headers through a buffered reader and then
+        // reads the raw socket, so output that reaches the client in the
+        // same segment as the headers is lost. Docker's own exec start
+        // takes longer than this pause, which is why clients never see it.
+        tokio::time::sleep(HEADER_SETTLE_DELAY).await;
         let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
         let input = tokio::spawn(async move {
             let Some(target) = stdin else { return };

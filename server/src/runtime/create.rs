@@ -321,8 +321,8 @@ fn parse_port_bindings(host_config: &HostConfigRequest) -> Result<Vec<PortBindin
             let host_port = match entry.host_port.as_deref() {
                 None | Some("") => 0,
                 Some(text) => {
-                    // A range such as 8000-8010 asks for any port in it;
-                    // sidewhale takes its first port.
+                    // A range such as 8000-8010 requests any port in it,
+                    // and sidewhale takes its first port.
                     let first = text.split('-').next().unwrap_or(text);
                     first.parse::<u16>().map_err(|_| {
                         Error::InvalidParameter(format!("invalid host port in port binding: {text}"))
@@ -336,7 +336,7 @@ fn parse_port_bindings(host_config: &HostConfigRequest) -> Result<Vec<PortBindin
 }
 
 /// Adds an ephemeral binding for every exposed port not yet bound, as
-/// `PublishAllPorts` asks.
+/// `PublishAllPorts` requests.
 fn publish_all(config: &ContainerConfig, bindings: &mut Vec<PortBinding>) -> Result<()> {
     for key in config.exposed_ports.iter().flat_map(|ports| ports.keys()) {
         let (container_port, protocol) = parse_port_key(key)?;

@@ -1,7 +1,7 @@
 use sidewhale_core::{ExecutorError, ImageError};
 
 /// A failed daemon operation, classified as Docker classifies errors so
-/// that the API can answer with Docker's status code.
+/// that the API returns Docker's status code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]

@@ -101,8 +101,8 @@ impl Daemon {
 
         container.logs.set_live(true);
         container.set_control(Some(process.control.clone()));
-        // Set before the state says running, which is when an attached
-        // client looks for it.
+        // An attached client takes stdin as soon as the state is running,
+        // so it must be in place before that.
         container.set_stdin(process.stdin.take());
         let pid = process.control.pid().unwrap_or(0);
         container.update(|record| {

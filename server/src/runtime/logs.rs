@@ -23,7 +23,7 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// The stream byte of an stdcopy frame header.
+    /// Returns the stream byte of an stdcopy frame header.
     pub fn frame_type(self) -> u8 {
         match self {
             Stream::Stdout => 1,

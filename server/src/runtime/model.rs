@@ -137,7 +137,7 @@ impl State {
     }
 }
 
-/// What sidewhale stores for a container, in `container.json`.
+/// The stored state of a container, kept in `container.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub id: String,
@@ -195,8 +195,8 @@ impl ContainerRecord {
         }
     }
 
-    /// Every container port the container exposes or publishes, as
-    /// Docker's `PORT/PROTOCOL` keys.
+    /// Returns every port the container exposes or publishes, as Docker's
+    /// `PORT/PROTOCOL` keys.
     pub fn exposed_port_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> =
             self.config.exposed_ports.iter().flat_map(|ports| ports.keys().cloned()).collect();
