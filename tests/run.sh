@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of sidewhale on a bare Debian 12 machine, as root:
 # installs what the tests need, builds the test images and the workspace,
-# runs the Rust tests, then the end-to-end suite twice, with sidewhale
-# running as root and as the unprivileged user sidewhale-test.
+# runs the Rust tests, then the end-to-end suite once per executor and
+# user: proot as root and as the unprivileged user sidewhale-test,
+# bubblewrap as sidewhale-test and as root, and chroot as root; then the
+# docker CLI and Testcontainers tests with the example executor plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,16 +22,38 @@ export SIDEWHALE_TEST_MIRROR="http://127.0.0.1:${SIDEWHALE_TEST_REGISTRY_PORT:-5
 bash tests/registry.sh start
 trap 'bash tests/registry.sh stop' EXIT
 
-# The unprivileged user cannot reach a binary inside /root, so both runs
+# The unprivileged user cannot reach a binary inside /root, so every run
 # use a copy in a directory everybody can read.
 bin_dir=$(mktemp -d /tmp/sidewhale-bin.XXXXXX)
 chmod 755 "$bin_dir"
 install -m 755 target/debug/sidewhale "$bin_dir/sidewhale"
 export SIDEWHALE_BIN="$bin_dir/sidewhale"
 
-echo "== end-to-end tests, sidewhale as root"
-.venv/bin/pytest tests/e2e -v -p no:cacheprovider
+echo "== network namespace tests as sidewhale-test"
+netns_test=$(cargo test -p sidewhale-netns --test namespaces --no-run 2>&1 \
+    | grep -o 'target/debug/deps/namespaces-[0-9a-f]*' | head -n 1)
+install -m 755 "$netns_test" "$bin_dir/netns-test"
+(cd /tmp && runuser -u sidewhale-test -- "$bin_dir/netns-test")
 
-echo "== end-to-end tests, sidewhale as the unprivileged user sidewhale-test"
-SIDEWHALE_TEST_USER=sidewhale-test .venv/bin/pytest tests/e2e -v -p no:cacheprovider
+# Each run takes about 3 minutes on 2 cores.
+e2e() {
+    local executor=$1 user=$2
+    echo "== end-to-end tests, executor $executor, sidewhale as ${user:-root}"
+    SIDEWHALE_TEST_EXECUTOR=$executor SIDEWHALE_TEST_USER=$user \
+        .venv/bin/pytest tests/e2e -v -p no:cacheprovider
+}
+e2e proot ""
+e2e proot sidewhale-test
+e2e bubblewrap sidewhale-test
+e2e bubblewrap ""
+e2e chroot ""
+
+# The example executor plugin, loaded at start-up and chosen as the default
+# executor: the docker CLI and Testcontainers tests only.
+echo "== end-to-end tests, executor plugin example, sidewhale as root"
+plugin="$bin_dir/libsidewhale_example_executor.so"
+install -m 755 target/debug/libsidewhale_example_executor.so "$plugin"
+SIDEWHALE_TEST_EXECUTOR=example SIDEWHALE_TEST_SERVER_ARGS="--executor-plugin $plugin" \
+    .venv/bin/pytest tests/e2e/test_docker_cli.py tests/e2e/test_testcontainers.py \
+    -v -p no:cacheprovider
 rm -rf "$bin_dir"

@@ -18,8 +18,15 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:23750";
 
 /// Top-level keys, the only `SIDEWHALE_*` variables read as configuration.
 /// Others, such as `SIDEWHALE_LOG` (the log filter), are left alone.
-const KEYS: &[&str] =
-    &["listen", "listen_unix", "state_dir", "registry_mirrors", "insecure_registries", "executor"];
+const KEYS: &[&str] = &[
+    "listen",
+    "listen_unix",
+    "state_dir",
+    "registry_mirrors",
+    "insecure_registries",
+    "executor",
+    "network",
+];
 
 fn is_config_key(key: &figment::value::UncasedStr) -> bool {
     let top = key.as_str().split("__").next().unwrap_or_default();
@@ -30,6 +37,7 @@ fn is_config_key(key: &figment::value::UncasedStr) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// TCP addresses to serve the Docker Engine API on, as `HOST:PORT`.
+    /// Empty serves the unix socket alone.
     pub listen: Vec<String>,
     /// Unix socket to serve the API on; `<state_dir>/docker.sock` when
     /// unset.
@@ -42,6 +50,41 @@ pub struct Config {
     /// Registries (`HOST:PORT`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
     pub executor: ExecutorConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Whether each container gets its own network namespace.
+    #[serde(default)]
+    pub isolation: NetworkIsolation,
+}
+
+/// The `network.isolation` key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkIsolation {
+    /// As root, a network namespace per container where the host allows
+    /// one. Otherwise, and as any other user, the host's network.
+    #[default]
+    Auto,
+    /// A network namespace per container, inside a user namespace when not
+    /// root. Start-up fails where the host cannot create one.
+    Namespace,
+    /// Every container shares the host's network.
+    Host,
+}
+
+impl NetworkIsolation {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NetworkIsolation::Auto => "auto",
+            NetworkIsolation::Namespace => "namespace",
+            NetworkIsolation::Host => "host",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,6 +98,13 @@ pub struct ExecutorConfig {
     /// normalised image reference chooses the executor.
     #[serde(default)]
     pub rules: Vec<ExecutorRule>,
+    /// Executor plugin libraries to load at start-up, in order.
+    #[serde(default)]
+    pub plugins: Vec<PathBuf>,
+    /// A directory whose `*.so` files are loaded as executor plugins, in
+    /// name order, after `plugins`.
+    #[serde(default)]
+    pub plugin_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,7 +128,10 @@ impl Default for Config {
                 default: "proot".to_string(),
                 proot_path: None,
                 rules: Vec::new(),
+                plugins: Vec::new(),
+                plugin_dir: None,
             },
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -99,12 +152,22 @@ pub struct Overrides {
     pub insecure_registries: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executor: Option<ExecutorOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkOverrides>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NetworkOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<NetworkIsolation>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ExecutorOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,8 +207,12 @@ impl Config {
         let invalid = |message: String| {
             ConfigError::Invalid(Box::new(figment::Error::from(message)))
         };
-        if self.listen.is_empty() && self.listen_unix.is_none() {
-            return Err(invalid("listen: at least one address is needed".into()));
+        for address in &self.insecure_registries {
+            if address.contains("://") || address.contains('/') {
+                return Err(invalid(format!(
+                    "insecure_registries: {address:?} must be HOST:PORT, without a scheme or path"
+                )));
+            }
         }
         for mirror in &self.registry_mirrors {
             if !(mirror.starts_with("http://") || mirror.starts_with("https://")) {
@@ -289,6 +356,66 @@ mod tests {
             jail.set_env("SIDEWHALE_LOG", "debug");
             jail.set_env("SIDEWHALE_SOMETHING_ELSE", "1");
             assert!(Config::load(None, &Overrides::default()).is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn network_isolation_layers() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None, &Overrides::default())
+                .map_err(|error| error.to_string())?;
+            assert_eq!(config.network.isolation, NetworkIsolation::Auto);
+
+            jail.set_env("SIDEWHALE_NETWORK__ISOLATION", "host");
+            let config = Config::load(None, &Overrides::default())
+                .map_err(|error| error.to_string())?;
+            assert_eq!(config.network.isolation, NetworkIsolation::Host);
+
+            let overrides = Overrides {
+                network: Some(NetworkOverrides {
+                    isolation: Some(NetworkIsolation::Namespace),
+                }),
+                ..Overrides::default()
+            };
+            let config = Config::load(None, &overrides).map_err(|error| error.to_string())?;
+            assert_eq!(config.network.isolation, NetworkIsolation::Namespace);
+
+            jail.set_env("SIDEWHALE_NETWORK__ISOLATION", "bridge");
+            let error = Config::load(None, &Overrides::default()).expect_err("unknown mode");
+            let message = error.to_string().to_lowercase();
+            assert!(message.contains("network.isolation"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn plugins_layer_like_other_lists() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "plugins.toml",
+                r#"
+                    [executor]
+                    plugins = ["/opt/a.so"]
+                    plugin_dir = "/opt/plugins"
+                "#,
+            )?;
+            let file = Path::new("plugins.toml");
+            let config = Config::load(Some(file), &Overrides::default())
+                .map_err(|error| error.to_string())?;
+            assert_eq!(config.executor.plugins, vec![PathBuf::from("/opt/a.so")]);
+            assert_eq!(config.executor.plugin_dir, Some(PathBuf::from("/opt/plugins")));
+
+            let overrides = Overrides {
+                executor: Some(ExecutorOverrides {
+                    plugins: vec!["/cli/b.so".into()],
+                    ..ExecutorOverrides::default()
+                }),
+                ..Overrides::default()
+            };
+            let config = Config::load(Some(file), &overrides).map_err(|error| error.to_string())?;
+            assert_eq!(config.executor.plugins, vec![PathBuf::from("/cli/b.so")]);
+            assert_eq!(config.executor.default, "proot");
             Ok(())
         });
     }

@@ -62,6 +62,23 @@ pub struct ContainerSpec {
     /// Mounts in the order they are applied. The server always provides
     /// `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf` and `/dev/shm`.
     pub mounts: Vec<Mount>,
+    /// The network namespace every process of the container joins; `None`
+    /// shares the host's network. The server sets it only for executors
+    /// whose `supports_network_namespace` returns true.
+    #[serde(default)]
+    pub network: Option<NetworkNamespace>,
+}
+
+/// A network namespace made by the server for one container, named by a
+/// process that lives in it for as long as the container runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkNamespace {
+    /// Host pid of the process whose `/proc/PID/ns/net` is the namespace.
+    pub holder_pid: u32,
+    /// Whether the namespace is owned by a user namespace of its own
+    /// (`/proc/PID/ns/user`), which a process must join first. That is
+    /// the case when sidewhale runs unprivileged.
+    pub user_namespace: bool,
 }
 
 /// How a process ended.
@@ -106,6 +123,15 @@ pub trait ProcessControl: Send + Sync {
     /// Returns the host pid of the main process as the image sees it, once
     /// it is known.
     fn pid(&self) -> Option<u32>;
+
+    /// Returns the host pid of the first process the executor spawned (a
+    /// wrapper such as proot, or the main process itself), known as soon as
+    /// `start` returns. It must lead a process group holding the container's
+    /// processes, so that a restarted server can kill what a crashed one
+    /// left running. `None` when the executor has no such process.
+    fn group_leader(&self) -> Option<u32> {
+        None
+    }
 }
 
 pub type BoxedReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -180,6 +206,13 @@ pub trait Executor: Send + Sync {
     /// Checks whether this executor can run here. Must be cheap enough to
     /// call at start-up and must not leave processes behind.
     async fn probe(&self) -> Probe;
+
+    /// Whether `start` and `exec` run their processes in
+    /// `ContainerSpec::network`. An executor that returns false always
+    /// gets `None` there, and its containers share the host's network.
+    fn supports_network_namespace(&self) -> bool {
+        false
+    }
 
     /// Prepares a created container before it starts. Clients copy files
     /// into the rootfs between create and start, so this must not assume

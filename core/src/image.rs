@@ -150,6 +150,12 @@ fn is_digest(text: &str) -> bool {
     })
 }
 
+/// Checks a tag: 1 to 128 of `[A-Za-z0-9_.-]`, not starting with `.` or
+/// `-`.
+pub fn is_valid_tag(text: &str) -> bool {
+    is_tag(text)
+}
+
 fn is_tag(text: &str) -> bool {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-';
     !text.is_empty()

@@ -10,10 +10,12 @@ pub mod image;
 pub mod ports;
 
 pub use executor::{
-    ContainerSpec, ExecutorError, ExitStatus, Executor, Mount, Process, ProcessControl,
-    ProcessSpec, Probe,
+    ContainerSpec, Executor, ExecutorError, ExitStatus, Mount, NetworkNamespace, Probe, Process,
+    ProcessControl, ProcessSpec,
 };
 pub use image::{
     ImageConfig, ImageError, ImageRecord, ImageSource, PullProgress, Reference,
 };
-pub use ports::{ForwardError, PortBinding, PortForwarder, Protocol, PublishedPort};
+pub use ports::{
+    ForwardError, PortBinding, PortForwarder, PortTarget, Protocol, PublishedPort,
+};

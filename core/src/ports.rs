@@ -1,6 +1,7 @@
 //! The `PortForwarder` trait: how published ports reach a container.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,22 @@ pub enum ForwardError {
     },
     #[error("protocol {0} is not supported by this port forwarder")]
     UnsupportedProtocol(&'static str),
+    #[error("this port forwarder cannot reach a container network namespace")]
+    UnsupportedTarget,
+}
+
+/// The route from the server to the container's own listeners.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortTarget {
+    /// The container shares a network with the server: connect to this
+    /// address on the container port.
+    Ip(IpAddr),
+    /// The container has its own network namespace, and a relay inside it
+    /// serves this unix socket. A client writes the container port as two
+    /// big-endian bytes and reads one status byte: 0 when the relay
+    /// connected to the port inside, anything else when it did not. The
+    /// stream then carries the connection's bytes.
+    UnixSocket(PathBuf),
 }
 
 /// Serves a container's published ports on the host.
@@ -80,6 +97,22 @@ pub trait PortForwarder: Send + Sync {
         target: IpAddr,
         bindings: &[PortBinding],
     ) -> Result<Vec<PublishedPort>, ForwardError>;
+
+    /// Publishes like `publish`, to any `PortTarget`. The default handles
+    /// `PortTarget::Ip` only, so forwarders written before network
+    /// namespaces keep working for containers that share the host's
+    /// network.
+    async fn publish_to(
+        &self,
+        container_id: &str,
+        target: &PortTarget,
+        bindings: &[PortBinding],
+    ) -> Result<Vec<PublishedPort>, ForwardError> {
+        match target {
+            PortTarget::Ip(address) => self.publish(container_id, *address, bindings).await,
+            PortTarget::UnixSocket(_) => Err(ForwardError::UnsupportedTarget),
+        }
+    }
 
     /// Stops listening on every port of the container and closes the
     /// relayed connections. Idempotent.

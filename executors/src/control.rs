@@ -1,5 +1,9 @@
-//! Control of a running proot process: signals, killing, window size, and
-//! the exit status.
+//! Control of a spawned container process: signals, killing, window size,
+//! and the exit status.
+//!
+//! The spawned child is proot, bwrap or nsenter wrapping the image's
+//! process, or (with chroot) the image's process itself. `Scope` says how
+//! the processes that belong to it are found.
 //!
 //! proot (5.1.0, as shipped by Debian 12) is the process sidewhale spawns,
 //! but the image's main process is proot's only child, "the tracee".
@@ -29,18 +33,21 @@ use tokio::io::Interest;
 use tokio::process::Child;
 use tokio::sync::oneshot;
 
-use crate::procfs::{container_processes, kills_by_default, ProcessTable};
+use crate::procfs::{
+    container_processes, descendants, kills_by_default, mount_namespace_members, ProcessTable,
+};
 use crate::pty::set_window_size;
 
-/// How long proot may take to exit after its tracees were killed before it
-/// is killed itself.
+/// How long a wrapper (proot, bwrap, nsenter) may take to exit after its
+/// processes were killed before it is killed itself.
 const PROOT_EXIT_GRACE: Duration = Duration::from_secs(3);
 
 /// Rounds of "find the container's processes, kill them" in `kill_all`.
 /// More than one catches processes forked while the first round ran.
 const KILL_ROUNDS: usize = 5;
 
-/// What `start` found out about proot's child, the image's process.
+/// The state of the image's process (proot's or a wrapper's child) when
+/// `start` looked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tracee {
     /// Running (or exited but not yet reaped) with this host pid.
@@ -49,14 +56,32 @@ pub(crate) enum Tracee {
     Exited,
 }
 
-/// The control of one proot process: a container's main process or an
+/// Which processes belong to a spawned child, for `kill_all`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The child is proot: its descendants and the processes it traces,
+    /// without proot itself, which exits once they are gone.
+    Traced,
+    /// The child is a wrapper such as bwrap or nsenter: its descendants,
+    /// without the wrapper, which exits once they are gone.
+    Descendants,
+    /// The child is the image's process: it and its descendants.
+    Tree,
+    /// The child is the image's process: every process in this mount
+    /// namespace (by inode), which catches daemons that left the tree.
+    MountNamespace(u64),
+}
+
+/// The control of one spawned child: a container's main process or an
 /// exec.
-pub(crate) struct ProotControl {
+pub(crate) struct ChildControl {
     container_id: String,
     table: Arc<dyn ProcessTable>,
-    proot_pid: i32,
-    /// proot's child, the process the image sees as its own. `None` when
-    /// it had exited before it was found.
+    scope: Scope,
+    /// The host pid of the process sidewhale spawned.
+    child_pid: i32,
+    /// The process the image sees as its own. `None` when it had exited
+    /// before it was found.
     tracee_pid: Option<i32>,
     pty_master: Option<OwnedFd>,
     state: Mutex<ControlState>,
@@ -64,17 +89,18 @@ pub(crate) struct ProotControl {
 
 #[derive(Debug, Default)]
 struct ControlState {
-    proot_exited: bool,
+    child_exited: bool,
     /// The first signal sent that the tracee can neither catch, ignore nor
     /// block: the signal it dies of.
     fatal_signal: Option<i32>,
 }
 
-impl ProotControl {
+impl ChildControl {
     pub fn new(
         container_id: &str,
         table: Arc<dyn ProcessTable>,
-        proot_pid: i32,
+        scope: Scope,
+        child_pid: i32,
         tracee: Tracee,
         pty_master: Option<OwnedFd>,
     ) -> Self {
@@ -82,36 +108,60 @@ impl ProotControl {
             Tracee::Started(pid) => Some(pid),
             Tracee::Exited => None,
         };
-        ProotControl {
+        ChildControl {
             container_id: container_id.to_string(),
             table,
-            proot_pid,
+            scope,
+            child_pid,
             tracee_pid,
             pty_master,
             state: Mutex::new(ControlState::default()),
         }
     }
 
-    pub fn proot_pid(&self) -> i32 {
-        self.proot_pid
+    pub fn child_pid(&self) -> i32 {
+        self.child_pid
     }
 
     pub fn has_exited(&self) -> bool {
-        self.lock().proot_exited
+        self.lock().child_exited
     }
 
     fn lock(&self) -> MutexGuard<'_, ControlState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends SIGKILL to every process of this proot instance except proot,
-    /// which exits by itself once it has no tracee left. Returns how many
-    /// processes were signalled.
+    /// Returns the live processes that belong to the child, as `scope`
+    /// defines them.
+    fn members(&self) -> io::Result<std::collections::BTreeSet<i32>> {
+        let table = self.table.as_ref();
+        match self.scope {
+            Scope::Traced => container_processes(table, self.child_pid),
+            Scope::Descendants => descendants(table, self.child_pid),
+            Scope::Tree => {
+                let mut members = descendants(table, self.child_pid)?;
+                if table.is_running(self.child_pid) {
+                    members.insert(self.child_pid);
+                }
+                Ok(members)
+            }
+            Scope::MountNamespace(namespace) => {
+                let mut members = mount_namespace_members(table, namespace, self.child_pid)?;
+                if !table.is_running(self.child_pid) {
+                    members.remove(&self.child_pid);
+                }
+                Ok(members)
+            }
+        }
+    }
+
+    /// Sends SIGKILL to every process that belongs to the child (see
+    /// `Scope`). Returns how many processes were signalled.
     pub fn kill_tracees(&self) -> io::Result<usize> {
         let mut killed = 0;
 
         for _ in 0..KILL_ROUNDS {
-            let processes = container_processes(self.table.as_ref(), self.proot_pid)?;
+            let processes = self.members()?;
             if processes.is_empty() {
                 break;
             }
@@ -128,13 +178,15 @@ impl ProotControl {
         Ok(killed)
     }
 
-    /// Records that proot has exited, so that later signals are not sent
-    /// to pids the kernel may have reused.
+    /// Records that the child has exited, so that later signals are not
+    /// sent to pids the kernel may have reused.
     fn mark_exited(&self) {
-        self.lock().proot_exited = true;
+        self.lock().child_exited = true;
     }
 
-    /// Translates proot's exit status into the main process's.
+    /// Translates the child's exit status into the image process's. bwrap
+    /// exits with 128 plus the signal number when its child was killed;
+    /// the recorded fatal signal turns that back into a signal too.
     fn exit_status(&self, proot_status: std::process::ExitStatus) -> ExitStatus {
         if let Some(signal) = proot_status.signal() {
             return ExitStatus::Signal(signal);
@@ -151,10 +203,10 @@ impl ProotControl {
     }
 }
 
-/// Kills what is left when the last handle goes away while proot still
-/// runs: the executor was dropped and the runtime that watched proot has
-/// shut down, so nothing else would stop these processes.
-impl Drop for ProotControl {
+/// Kills what is left when the last handle goes away while the child still
+/// runs: the executor was dropped and the runtime that watched the child
+/// has shut down, so nothing else would stop these processes.
+impl Drop for ChildControl {
     fn drop(&mut self) {
         if self.has_exited() {
             return;
@@ -162,7 +214,7 @@ impl Drop for ProotControl {
         if let Err(error) = self.kill_tracees() {
             tracing::warn!(
                 container = %self.container_id,
-                proot_pid = self.proot_pid,
+                child_pid = self.child_pid,
                 %error,
                 "failed to kill processes of a dropped container process"
             );
@@ -170,7 +222,7 @@ impl Drop for ProotControl {
     }
 }
 
-impl ProcessControl for ProotControl {
+impl ProcessControl for ChildControl {
     fn signal(&self, signal: i32) -> Result<(), ExecutorError> {
         let Some(pid) = self.tracee_pid else {
             return Ok(());
@@ -178,7 +230,7 @@ impl ProcessControl for ProotControl {
 
         {
             let mut state = self.lock();
-            if state.proot_exited {
+            if state.child_exited {
                 return Ok(());
             }
             // A process that is already gone has no masks; the kill below
@@ -199,7 +251,7 @@ impl ProcessControl for ProotControl {
     fn kill_all(&self) -> Result<(), ExecutorError> {
         {
             let mut state = self.lock();
-            if state.proot_exited {
+            if state.child_exited {
                 return Ok(());
             }
             state.fatal_signal.get_or_insert(libc::SIGKILL);
@@ -210,13 +262,13 @@ impl ProcessControl for ProotControl {
             .map_err(|e| ExecutorError::io("kill the container's processes", e))?;
         tracing::info!(
             container = %self.container_id,
-            proot_pid = self.proot_pid,
+            child_pid = self.child_pid,
             killed,
             "killed all processes"
         );
 
-        // proot exits by itself once its tracees are gone; the exit watcher
-        // kills it if it does not.
+        // A wrapper exits by itself once its processes are gone; the exit
+        // watcher kills it if it does not.
         Ok(())
     }
 
@@ -231,15 +283,18 @@ impl ProcessControl for ProotControl {
     fn pid(&self) -> Option<u32> {
         self.tracee_pid.and_then(|pid| u32::try_from(pid).ok())
     }
+
+    fn group_leader(&self) -> Option<u32> {
+        u32::try_from(self.child_pid).ok()
+    }
 }
 
-/// Starts a task that waits for `child` (proot) and returns a future of
-/// the main process's exit status. `on_exit` runs in that task once proot
-/// has been reaped, so no zombie stays behind even if the future is
-/// dropped.
+/// Starts a task that waits for `child` and returns a future of the image
+/// process's exit status. `on_exit` runs in that task once the child has
+/// been reaped, so no zombie stays behind even if the future is dropped.
 pub(crate) fn watch_exit(
     child: Child,
-    control: Arc<ProotControl>,
+    control: Arc<ChildControl>,
     on_exit: impl FnOnce(ExitStatus) + Send + 'static,
 ) -> BoxFuture<'static, ExitStatus> {
     let (sender, receiver) = oneshot::channel();
@@ -248,23 +303,25 @@ pub(crate) fn watch_exit(
         let status = wait_for_exit(child, &control).await;
         tracing::info!(
             container = %control.container_id,
-            proot_pid = control.proot_pid,
+            child_pid = control.child_pid,
             ?status,
             code = status.code(),
             "process exited"
         );
-        remove_proot_temp_files(control.proot_pid);
+        if control.scope == Scope::Traced {
+            remove_proot_temp_files(control.child_pid);
+        }
         on_exit(status);
-        // The receiver may be gone: nobody waits for this status.
+        // The receiver is gone when no caller awaits this status.
         let _ = sender.send(status);
     });
 
     async move { receiver.await.unwrap_or(ExitStatus::Signal(libc::SIGKILL)) }.boxed()
 }
 
-async fn wait_for_exit(mut child: Child, control: &ProotControl) -> ExitStatus {
-    let proot_status = match control.tracee_pid {
-        Some(tracee_pid) => {
+async fn wait_for_exit(mut child: Child, control: &ChildControl) -> ExitStatus {
+    let proot_status = match (control.scope, control.tracee_pid) {
+        (Scope::Traced, Some(tracee_pid)) => {
             tokio::select! {
                 status = child.wait() => status,
                 () = tracee_exited(tracee_pid, control.table.as_ref()) => {
@@ -273,11 +330,21 @@ async fn wait_for_exit(mut child: Child, control: &ProotControl) -> ExitStatus {
                 }
             }
         }
-        None => {
+        (Scope::Traced, None) => {
             kill_leftovers(control);
             wait_with_grace(&mut child, control).await
         }
+        // bwrap and nsenter exit by themselves once the image's process
+        // has exited. Killing bwrap's init here would replace the
+        // process's exit code with 137.
+        _ => child.wait().await,
     };
+
+    // Without a wrapper nothing waits for the image's daemons, so they are
+    // killed here, as Docker does when the main process exits.
+    if matches!(control.scope, Scope::MountNamespace(_)) {
+        kill_leftovers(control);
+    }
     control.mark_exited();
 
     match proot_status {
@@ -285,9 +352,9 @@ async fn wait_for_exit(mut child: Child, control: &ProotControl) -> ExitStatus {
         Err(error) => {
             tracing::warn!(
                 container = %control.container_id,
-                proot_pid = control.proot_pid,
+                child_pid = control.child_pid,
                 %error,
-                "lost track of proot; reporting the process as killed"
+                "lost track of the child; reporting the process as killed"
             );
             ExitStatus::Signal(libc::SIGKILL)
         }
@@ -296,7 +363,7 @@ async fn wait_for_exit(mut child: Child, control: &ProotControl) -> ExitStatus {
 
 /// Kills what the main process left running, as `--kill-on-exit` would
 /// in newer proot versions.
-fn kill_leftovers(control: &ProotControl) {
+fn kill_leftovers(control: &ChildControl) {
     match control.kill_tracees() {
         Ok(0) => {}
         Ok(killed) => tracing::debug!(
@@ -314,7 +381,7 @@ fn kill_leftovers(control: &ProotControl) {
 
 async fn wait_with_grace(
     child: &mut Child,
-    control: &ProotControl,
+    control: &ChildControl,
 ) -> io::Result<std::process::ExitStatus> {
     if let Ok(status) = tokio::time::timeout(PROOT_EXIT_GRACE, child.wait()).await {
         return status;
@@ -322,8 +389,8 @@ async fn wait_with_grace(
 
     tracing::warn!(
         container = %control.container_id,
-        proot_pid = control.proot_pid,
-        "proot did not exit after its main process; killing it"
+        child_pid = control.child_pid,
+        "the child did not exit after the image's process; killing it"
     );
     kill_leftovers(control);
     child.start_kill()?;
@@ -359,7 +426,10 @@ async fn tracee_exited(pid: i32, table: &dyn ProcessTable) {
 /// relocated Unix sockets and bind glue, `prooted-PID-*` for its loader).
 /// proot deletes them itself unless it was killed.
 fn remove_proot_temp_files(proot_pid: i32) {
-    let prefixes = [format!("proot-{proot_pid}-"), format!("prooted-{proot_pid}-")];
+    let prefixes = [
+        format!("proot-{proot_pid}-"),
+        format!("prooted-{proot_pid}-"),
+    ];
     let Ok(entries) = std::fs::read_dir("/tmp") else {
         return;
     };
@@ -403,8 +473,8 @@ mod tests {
     use crate::procfs::fake::FakeProcessTable;
     use crate::procfs::SignalMasks;
 
-    fn control(table: Arc<FakeProcessTable>) -> ProotControl {
-        ProotControl::new("c1", table, 100, Tracee::Started(101), None)
+    fn control(table: Arc<FakeProcessTable>) -> ChildControl {
+        ChildControl::new("c1", table, Scope::Traced, 100, Tracee::Started(101), None)
     }
 
     fn exited(code: i32) -> std::process::ExitStatus {
@@ -472,6 +542,66 @@ mod tests {
         let sent = table.sent.lock().unwrap().clone();
         assert_eq!(sent, vec![(101, libc::SIGKILL), (102, libc::SIGKILL)]);
         assert_eq!(control.exit_status(exited(255)), ExitStatus::Signal(9));
+    }
+
+    #[test]
+    fn mount_namespace_scope_kills_reparented_daemon() {
+        // 100 is the chroot main process, 101 its child, 102 a daemon
+        // reparented to host pid 1, 300 a stranger in another namespace.
+        let table = Arc::new(FakeProcessTable::with(&[
+            (1, 0, 0),
+            (100, 1, 0),
+            (101, 100, 0),
+            (102, 1, 0),
+            (300, 1, 0),
+        ]));
+        table
+            .namespaces
+            .lock()
+            .unwrap()
+            .extend([(100, 7), (101, 7), (102, 7), (300, 8)]);
+        let control = ChildControl::new(
+            "c1",
+            table.clone(),
+            Scope::MountNamespace(7),
+            100,
+            Tracee::Started(100),
+            None,
+        );
+
+        control.kill_all().unwrap();
+
+        let mut killed: Vec<i32> = table
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(pid, _)| *pid)
+            .collect();
+        killed.sort_unstable();
+        assert_eq!(killed, vec![100, 101, 102]);
+    }
+
+    #[test]
+    fn descendants_scope_spares_wrapper() {
+        let table = Arc::new(FakeProcessTable::with(&[
+            (100, 1, 0),
+            (101, 100, 0),
+            (102, 101, 0),
+        ]));
+        let control = ChildControl::new(
+            "c1",
+            table.clone(),
+            Scope::Descendants,
+            100,
+            Tracee::Started(102),
+            None,
+        );
+
+        control.kill_all().unwrap();
+
+        let sent = table.sent.lock().unwrap().clone();
+        assert_eq!(sent, vec![(101, libc::SIGKILL), (102, libc::SIGKILL)]);
     }
 
     #[test]

@@ -40,12 +40,16 @@ pub(crate) trait ProcessTable: Send + Sync {
     /// Returns the signal dispositions of `pid`.
     fn signal_masks(&self, pid: i32) -> io::Result<SignalMasks>;
 
-    /// Whether `pid` exists and is not a zombie.
+    /// Returns whether `pid` exists and is not a zombie.
     fn is_running(&self, pid: i32) -> bool;
 
     /// Sends `signal` to `pid`. A process that no longer exists is not an
     /// error.
     fn kill(&self, pid: i32, signal: i32) -> io::Result<()>;
+
+    /// Returns the inode number of the mount namespace of `pid`, which
+    /// identifies the namespace on this host.
+    fn mount_namespace(&self, pid: i32) -> io::Result<u64>;
 }
 
 /// The real process table of this host, read from `/proc`.
@@ -143,6 +147,13 @@ impl ProcessTable for LinuxProcessTable {
         }
         Err(error)
     }
+
+    fn mount_namespace(&self, pid: i32) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+
+        let path = self.proc_root.join(pid.to_string()).join("ns/mnt");
+        Ok(fs::metadata(path)?.ino())
+    }
 }
 
 fn parse_status(text: &str) -> HashMap<String, String> {
@@ -173,17 +184,61 @@ pub(crate) fn container_processes(
 ) -> io::Result<BTreeSet<i32>> {
     let processes = table.processes()?;
 
-    let mut found: BTreeSet<i32> = processes
+    let traced: BTreeSet<i32> = processes
         .iter()
         .filter(|process| process.tracer_pid == proot_pid)
         .map(|process| process.pid)
         .collect();
+    let mut found = with_descendants(&processes, proot_pid, traced);
 
-    // Add descendants of proot and of every tracee until nothing changes.
+    found.remove(&proot_pid);
+    Ok(found)
+}
+
+/// Finds the descendants of `pid`, without `pid` itself and without
+/// zombies.
+pub(crate) fn descendants(table: &dyn ProcessTable, pid: i32) -> io::Result<BTreeSet<i32>> {
+    let processes = table.processes()?;
+    let mut found = with_descendants(&processes, pid, BTreeSet::new());
+    found.remove(&pid);
+    Ok(found)
+}
+
+/// Finds every live process in the mount namespace `namespace`, plus the
+/// descendants of `pid`. A process whose namespace cannot be read (it
+/// exited, or belongs to another user) is left out.
+pub(crate) fn mount_namespace_members(
+    table: &dyn ProcessTable,
+    namespace: u64,
+    pid: i32,
+) -> io::Result<BTreeSet<i32>> {
+    let processes = table.processes()?;
+    let members: BTreeSet<i32> = processes
+        .iter()
+        .filter(|process| table.mount_namespace(process.pid).ok() == Some(namespace))
+        .map(|process| process.pid)
+        .chain(std::iter::once(pid))
+        .collect();
+    let mut found = with_descendants(&processes, pid, members);
+    // A container never shares sidewhale's mount namespace, but guard
+    // against signalling sidewhale itself.
+    if let Ok(own_pid) = i32::try_from(std::process::id()) {
+        found.remove(&own_pid);
+    }
+    Ok(found)
+}
+
+/// Adds to `found` the descendants of `root` and of every process already
+/// in `found`, then removes zombies.
+fn with_descendants(
+    processes: &[ProcessInfo],
+    root: i32,
+    mut found: BTreeSet<i32>,
+) -> BTreeSet<i32> {
     loop {
         let before = found.len();
-        for process in &processes {
-            if process.ppid == proot_pid || found.contains(&process.ppid) {
+        for process in processes {
+            if process.ppid == root || found.contains(&process.ppid) {
                 found.insert(process.pid);
             }
         }
@@ -192,16 +247,16 @@ pub(crate) fn container_processes(
         }
     }
 
-    found.remove(&proot_pid);
     for process in processes.iter().filter(|process| process.zombie) {
         found.remove(&process.pid);
     }
-    Ok(found)
+    found
 }
 
-/// Whether delivering `signal` to a process with these dispositions kills
-/// it right away: the signal is neither caught, ignored nor blocked, and
-/// its default action is to terminate. `SIGKILL` always kills.
+/// Returns whether delivering `signal` to a process with these
+/// dispositions kills it right away: the signal is neither caught, ignored
+/// nor blocked, and its default action is to terminate. `SIGKILL` always
+/// kills.
 pub(crate) fn kills_by_default(masks: &SignalMasks, signal: i32) -> bool {
     if signal == libc::SIGKILL {
         return true;
@@ -214,7 +269,8 @@ pub(crate) fn kills_by_default(masks: &SignalMasks, signal: i32) -> bool {
     (masks.blocked | masks.ignored | masks.caught) & bit == 0
 }
 
-/// The signals whose default action (signal(7)) is not to terminate.
+/// Returns false for the signals whose default action (signal(7)) is not
+/// to terminate.
 fn terminates_by_default(signal: i32) -> bool {
     !matches!(
         signal,
@@ -241,6 +297,8 @@ pub(crate) mod fake {
         pub processes: Mutex<Vec<ProcessInfo>>,
         pub masks: Mutex<HashMap<i32, SignalMasks>>,
         pub sent: Mutex<Vec<(i32, i32)>>,
+        /// Mount namespace inodes by pid; missing pids have none.
+        pub namespaces: Mutex<HashMap<i32, u64>>,
     }
 
     impl FakeProcessTable {
@@ -262,7 +320,11 @@ pub(crate) mod fake {
     impl ProcessTable for FakeProcessTable {
         fn children(&self, pid: i32) -> io::Result<Vec<i32>> {
             let processes = self.processes.lock().unwrap();
-            Ok(processes.iter().filter(|p| p.ppid == pid).map(|p| p.pid).collect())
+            Ok(processes
+                .iter()
+                .filter(|p| p.ppid == pid)
+                .map(|p| p.pid)
+                .collect())
         }
 
         fn processes(&self) -> io::Result<Vec<ProcessInfo>> {
@@ -270,11 +332,26 @@ pub(crate) mod fake {
         }
 
         fn signal_masks(&self, pid: i32) -> io::Result<SignalMasks> {
-            Ok(self.masks.lock().unwrap().get(&pid).copied().unwrap_or_default())
+            Ok(self
+                .masks
+                .lock()
+                .unwrap()
+                .get(&pid)
+                .copied()
+                .unwrap_or_default())
         }
 
         fn is_running(&self, pid: i32) -> bool {
             self.processes.lock().unwrap().iter().any(|p| p.pid == pid)
+        }
+
+        fn mount_namespace(&self, pid: i32) -> io::Result<u64> {
+            self.namespaces
+                .lock()
+                .unwrap()
+                .get(&pid)
+                .copied()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
         }
 
         /// Records the signal; SIGKILL also removes the process.
@@ -309,7 +386,10 @@ mod tests {
 
         let found = container_processes(&table, 100).unwrap();
 
-        assert_eq!(found.into_iter().collect::<Vec<_>>(), vec![101, 102, 103, 104]);
+        assert_eq!(
+            found.into_iter().collect::<Vec<_>>(),
+            vec![101, 102, 103, 104]
+        );
     }
 
     #[test]

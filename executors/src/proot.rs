@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sidewhale_core::{
-    ContainerSpec, ExecutorError, Executor, ExitStatus, Probe, Process, ProcessSpec,
+    ContainerSpec, Executor, ExecutorError, ExitStatus, Probe, Process, ProcessSpec,
 };
 use tokio::process::{Child, Command};
 
-use crate::control::{watch_exit, ProotControl, Tracee};
+use crate::control::{watch_exit, ChildControl, Scope, Tracee};
+use crate::launch::{check_process, create_mount_points, find_on_host_path, run_with_timeout};
 use crate::procfs::{container_processes, LinuxProcessTable, ProcessTable};
-use crate::rootfs::{RootfsView, DEFAULT_PATH};
+use crate::rootfs::RootfsView;
 use crate::spawn::{spawn, LaunchSpec};
-use crate::user::{resolve_user, ResolvedUser};
 
 /// Host paths bound at the same path in every container.
 const HOST_BINDS: [&str; 3] = ["/proc", "/dev", "/sys"];
@@ -43,7 +43,7 @@ pub struct ProotExecutor {
     proot: PathBuf,
     table: Arc<dyn ProcessTable>,
     /// Live proot processes by container id: the main process and execs.
-    processes: Arc<Mutex<HashMap<String, Vec<Arc<ProotControl>>>>>,
+    processes: Arc<Mutex<HashMap<String, Vec<Arc<ChildControl>>>>>,
 }
 
 impl ProotExecutor {
@@ -60,12 +60,12 @@ impl ProotExecutor {
         }
     }
 
-    /// The proot binary this executor runs.
+    /// Returns the path of the proot binary this executor runs.
     pub fn proot_path(&self) -> &Path {
         &self.proot
     }
 
-    fn registry(&self) -> MutexGuard<'_, HashMap<String, Vec<Arc<ProotControl>>>> {
+    fn registry(&self) -> MutexGuard<'_, HashMap<String, Vec<Arc<ChildControl>>>> {
         lock_registry(&self.processes)
     }
 
@@ -78,7 +78,7 @@ impl ProotExecutor {
     ) -> Result<Process, ExecutorError> {
         let launch = self.prepare_launch(container, process)?;
 
-        let mut spawned = spawn(&launch)?;
+        let mut spawned = spawn(&launch, container.network.as_ref())?;
         let proot_pid = child_pid(&spawned.child)?;
         tracing::info!(
             container = %container.id,
@@ -93,16 +93,21 @@ impl ProotExecutor {
         );
 
         let tracee = self.wait_for_tracee(&mut spawned.child, proot_pid).await;
-        let control = Arc::new(ProotControl::new(
+        let control = Arc::new(ChildControl::new(
             &container.id,
             self.table.clone(),
+            Scope::Traced,
             proot_pid,
             tracee,
             spawned.pty_master.take(),
         ));
         self.register(&container.id, &control);
 
-        let exit = watch_exit(spawned.child, control.clone(), self.on_exit(container, is_main));
+        let exit = watch_exit(
+            spawned.child,
+            control.clone(),
+            self.on_exit(container, is_main),
+        );
 
         Ok(Process {
             stdin: spawned.stdin,
@@ -122,38 +127,19 @@ impl ProotExecutor {
     ) -> Result<LaunchSpec, ExecutorError> {
         let binds = container_binds(container)?;
         let view = RootfsView::new(&container.rootfs, &binds);
+        let checked = check_process(&view, process)?;
 
-        let working_dir = match process.working_dir.as_str() {
-            "" => "/".to_string(),
-            dir => dir.to_string(),
-        };
-        view.ensure_working_dir(&working_dir)?;
-
-        let passwd = view.read_to_string("/etc/passwd")?;
-        let group = view.read_to_string("/etc/group")?;
-        let user = resolve_user(&process.user, passwd.as_deref(), group.as_deref())?;
-
-        let env = process_env(&process.env, &user);
-        let search_path = env
-            .iter()
-            .find(|(key, _)| key == "PATH")
-            .map_or(DEFAULT_PATH, |(_, value)| value.as_str());
-        let Some(argv0) = process.argv.first() else {
-            return Err(ExecutorError::Other("no command specified".into()));
-        };
-        view.find_executable(argv0, search_path, &working_dir)?;
-
-        create_mount_points(container);
+        create_mount_points(container, &host_binds());
         warn_on_long_rootfs(container);
 
         Ok(LaunchSpec {
             proot: self.proot.clone(),
             rootfs: container.rootfs.clone(),
             binds,
-            working_dir,
-            user,
-            argv: process.argv.clone(),
-            env,
+            working_dir: checked.working_dir,
+            user: checked.user,
+            argv: checked.argv,
+            env: checked.env,
             tty: process.tty,
             open_stdin: process.open_stdin,
         })
@@ -188,7 +174,7 @@ impl ProotExecutor {
         Tracee::Exited
     }
 
-    fn register(&self, container_id: &str, control: &Arc<ProotControl>) {
+    fn register(&self, container_id: &str, control: &Arc<ChildControl>) {
         let mut registry = self.registry();
         let controls = registry.entry(container_id.to_string()).or_default();
         controls.retain(|control| !control.has_exited());
@@ -248,6 +234,10 @@ impl Executor for ProotExecutor {
         }
     }
 
+    fn supports_network_namespace(&self) -> bool {
+        true
+    }
+
     async fn start(&self, container: &ContainerSpec) -> Result<Process, ExecutorError> {
         self.launch(container, &container.process, true).await
     }
@@ -268,19 +258,19 @@ impl Executor for ProotExecutor {
 }
 
 fn lock_registry(
-    processes: &Mutex<HashMap<String, Vec<Arc<ProotControl>>>>,
-) -> MutexGuard<'_, HashMap<String, Vec<Arc<ProotControl>>>> {
+    processes: &Mutex<HashMap<String, Vec<Arc<ChildControl>>>>,
+) -> MutexGuard<'_, HashMap<String, Vec<Arc<ChildControl>>>> {
     processes.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn kill_controls(container_id: &str, controls: &[Arc<ProotControl>]) {
+fn kill_controls(container_id: &str, controls: &[Arc<ChildControl>]) {
     use sidewhale_core::ProcessControl;
 
     for control in controls.iter().filter(|c| !c.has_exited()) {
         if let Err(error) = control.kill_all() {
             tracing::warn!(
                 container = %container_id,
-                proot_pid = control.proot_pid(),
+                proot_pid = control.child_pid(),
                 %error,
                 "failed to kill a container process"
             );
@@ -288,14 +278,18 @@ fn kill_controls(container_id: &str, controls: &[Arc<ProotControl>]) {
     }
 }
 
+fn host_binds() -> Vec<(PathBuf, String)> {
+    HOST_BINDS
+        .iter()
+        .map(|path| (PathBuf::from(path), path.to_string()))
+        .collect()
+}
+
 /// Returns the binds of a container: the host's `/proc`, `/dev` and
 /// `/sys`, then the server's mounts. proot picks the bind with the
 /// longest matching guest path, so `/dev/shm` wins over `/dev`.
 fn container_binds(container: &ContainerSpec) -> Result<Vec<(PathBuf, String)>, ExecutorError> {
-    let mut binds: Vec<(PathBuf, String)> = HOST_BINDS
-        .iter()
-        .map(|path| (PathBuf::from(path), path.to_string()))
-        .collect();
+    let mut binds = host_binds();
 
     for mount in &container.mounts {
         // proot splits `-b HOST:GUEST` at the first colon.
@@ -319,28 +313,6 @@ fn container_binds(container: &ContainerSpec) -> Result<Vec<(PathBuf, String)>, 
     Ok(binds)
 }
 
-/// Creates missing mount destinations in the rootfs, as Docker does. A
-/// failure is not fatal: proot then makes a temporary entry itself.
-fn create_mount_points(container: &ContainerSpec) {
-    let host_binds: Vec<(PathBuf, String)> = HOST_BINDS
-        .iter()
-        .map(|path| (PathBuf::from(path), path.to_string()))
-        .collect();
-    let view = RootfsView::new(&container.rootfs, &host_binds);
-
-    for mount in &container.mounts {
-        let is_dir = mount.source.is_dir();
-        if let Err(error) = view.ensure_mount_point(&mount.destination, is_dir) {
-            tracing::debug!(
-                container = %container.id,
-                destination = %mount.destination,
-                %error,
-                "cannot create mount point"
-            );
-        }
-    }
-}
-
 fn warn_on_long_rootfs(container: &ContainerSpec) {
     let length = container.rootfs.as_os_str().len();
     if length > MAX_ROOTFS_PATH_FOR_SOCKETS {
@@ -355,97 +327,9 @@ fn warn_on_long_rootfs(container: &ContainerSpec) {
     }
 }
 
-/// Builds the process environment: exactly `env`, plus `PATH` and `HOME`
-/// when absent, as Docker does. Entries without `=` are skipped.
-fn process_env(env: &[String], user: &ResolvedUser) -> Vec<(String, String)> {
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for entry in env {
-        match entry.split_once('=') {
-            Some((key, value)) if !key.is_empty() => {
-                pairs.retain(|(existing, _)| existing != key);
-                pairs.push((key.to_string(), value.to_string()));
-            }
-            _ => tracing::debug!(entry = %entry, "skipping environment entry without '='"),
-        }
-    }
-
-    if !pairs.iter().any(|(key, _)| key == "PATH") {
-        pairs.push(("PATH".into(), DEFAULT_PATH.into()));
-    }
-    if !pairs.iter().any(|(key, _)| key == "HOME") {
-        pairs.push(("HOME".into(), user.home.clone()));
-    }
-    pairs
-}
-
 fn child_pid(child: &Child) -> Result<i32, ExecutorError> {
     child
         .id()
         .and_then(|pid| i32::try_from(pid).ok())
         .ok_or_else(|| ExecutorError::Other("proot exited before its pid was known".into()))
-}
-
-fn find_on_host_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Runs `command` with no stdin, output captured, and at most 10 seconds.
-async fn run_with_timeout(command: &mut Command) -> Result<(), String> {
-    command
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-
-    let output = tokio::time::timeout(Duration::from_secs(10), command.output())
-        .await
-        .map_err(|_| "timed out after 10 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    if output.status.success() {
-        return Ok(());
-    }
-
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    Err(format!("{}: {}", output.status, stderr.trim()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn root() -> ResolvedUser {
-        ResolvedUser {
-            uid: 0,
-            gid: 0,
-            home: "/root".into(),
-        }
-    }
-
-    #[test]
-    fn env_gets_docker_defaults() {
-        let env = process_env(&["A=1".into()], &root());
-
-        assert_eq!(
-            env,
-            vec![
-                ("A".to_string(), "1".to_string()),
-                ("PATH".to_string(), DEFAULT_PATH.to_string()),
-                ("HOME".to_string(), "/root".to_string()),
-            ]
-        );
-    }
-
-    #[test]
-    fn env_keeps_given_path_and_home() {
-        let env = process_env(&["PATH=/x".into(), "HOME=/h".into(), "NOEQ".into()], &root());
-
-        assert_eq!(
-            env,
-            vec![
-                ("PATH".to_string(), "/x".to_string()),
-                ("HOME".to_string(), "/h".to_string()),
-            ]
-        );
-    }
 }

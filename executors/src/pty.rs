@@ -75,9 +75,8 @@ impl AsyncRead for PtyStream {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
 
-            let result = guard.try_io(|fd| {
-                nix::unistd::read(fd.as_raw_fd(), unfilled).map_err(io::Error::from)
-            });
+            let result = guard
+                .try_io(|fd| nix::unistd::read(fd.as_raw_fd(), unfilled).map_err(io::Error::from));
             match result {
                 Ok(Ok(count)) => {
                     buf.advance(count);
@@ -100,9 +99,8 @@ impl AsyncWrite for PtyStream {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
 
-            let result = guard.try_io(|fd| {
-                nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)
-            });
+            let result =
+                guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from));
             match result {
                 Ok(result) => return Poll::Ready(result),
                 Err(_would_block) => continue,

@@ -23,7 +23,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 /// A rootfs plus the bind mounts laid over it, as the container sees them.
 #[derive(Clone, Debug)]
-pub(crate) struct RootfsView {
+pub struct RootfsView {
     rootfs: PathBuf,
     /// `(guest path components, host source)`, for bind mounts.
     binds: Vec<(Vec<String>, PathBuf)>,
@@ -31,10 +31,10 @@ pub(crate) struct RootfsView {
 
 /// A guest path after symlink resolution.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Resolved {
+pub struct Resolved {
     /// Absolute, normalized path inside the container.
     pub guest: String,
-    /// Where that path lives on the host.
+    /// The corresponding host path.
     pub host: PathBuf,
     /// Whether every component exists. A missing path is still resolved
     /// as far as it exists; the rest is appended as written.
@@ -90,8 +90,9 @@ impl RootfsView {
                             "too many levels of symbolic links in {path}"
                         )));
                     }
-                    let target = fs::read_link(&host)
-                        .map_err(|e| ExecutorError::io(format!("read link {}", host.display()), e))?;
+                    let target = fs::read_link(&host).map_err(|e| {
+                        ExecutorError::io(format!("read link {}", host.display()), e)
+                    })?;
                     current.pop();
                     let target = target.to_string_lossy().into_owned();
                     if target.starts_with('/') {
@@ -358,8 +359,14 @@ mod tests {
         let dir = rootfs();
         let view = RootfsView::new(dir.path(), &[]);
 
-        assert_eq!(view.find_executable("tool", "/usr/bin:/bin", "/").unwrap(), "/bin/tool");
-        assert_eq!(view.find_executable("alias", "/usr/bin", "/").unwrap(), "/bin/tool");
+        assert_eq!(
+            view.find_executable("tool", "/usr/bin:/bin", "/").unwrap(),
+            "/bin/tool"
+        );
+        assert_eq!(
+            view.find_executable("alias", "/usr/bin", "/").unwrap(),
+            "/bin/tool"
+        );
         assert!(matches!(
             view.find_executable("data", "/bin", "/"),
             Err(ExecutorError::NotFound(_))

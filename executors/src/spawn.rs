@@ -1,5 +1,5 @@
-//! Building the proot command line and spawning it with the process's
-//! streams.
+//! Building the proot command line, and spawning any executor's command
+//! with the process's streams.
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use sidewhale_core::executor::{BoxedReader, BoxedWriter};
-use sidewhale_core::ExecutorError;
+use sidewhale_core::{ExecutorError, NetworkNamespace};
 use tokio::process::{Child, Command};
 
 use crate::pty::{Pty, PtyStream};
@@ -72,31 +72,63 @@ pub(crate) fn proot_args(spec: &LaunchSpec) -> Vec<OsString> {
     args
 }
 
-/// Spawns proot for `spec` in a new session. With `tty` the process gets a
-/// pseudo-terminal as its controlling terminal; otherwise stdout and
-/// stderr are separate pipes and stdin is a pipe or `/dev/null`.
-pub(crate) fn spawn(spec: &LaunchSpec) -> Result<Spawned, ExecutorError> {
+/// Spawns proot for `spec` in a new session, inside `network` when one is
+/// given. With `tty` the process gets a pseudo-terminal as its
+/// controlling terminal; otherwise stdout and stderr are separate pipes
+/// and stdin is a pipe or `/dev/null`.
+pub(crate) fn spawn(
+    spec: &LaunchSpec,
+    network: Option<&NetworkNamespace>,
+) -> Result<Spawned, ExecutorError> {
     let mut command = Command::new(&spec.proot);
     command
         .args(proot_args(spec))
         .env_clear()
         .envs(spec.env.iter().map(|(key, value)| (key, value)))
         .current_dir("/");
+    if let Some(network) = network {
+        sidewhale_netns::join(&mut command, network)
+            .map_err(|e| ExecutorError::io("open the container's network namespace", e))?;
+    }
 
-    if spec.tty {
-        spawn_with_pty(command, spec)
+    spawn_command(command, spec.tty, spec.open_stdin, &|error| {
+        spawn_error(spec, error)
+    })
+}
+
+/// Spawns `command` in a new session with the process's streams: with
+/// `tty` a pseudo-terminal that becomes the controlling terminal,
+/// otherwise pipes for stdout and stderr and a pipe or `/dev/null` for
+/// stdin. `on_error` turns a failed spawn into the executor's error.
+/// `pre_exec` closures already on `command` run before the session is
+/// created.
+pub(crate) fn spawn_command(
+    command: Command,
+    tty: bool,
+    open_stdin: bool,
+    on_error: &dyn Fn(std::io::Error) -> ExecutorError,
+) -> Result<Spawned, ExecutorError> {
+    if tty {
+        spawn_with_pty(command, open_stdin, on_error)
     } else {
-        spawn_with_pipes(command, spec)
+        spawn_with_pipes(command, open_stdin, on_error)
     }
 }
 
-fn spawn_with_pipes(mut command: Command, spec: &LaunchSpec) -> Result<Spawned, ExecutorError> {
-    let stdin = if spec.open_stdin {
+fn spawn_with_pipes(
+    mut command: Command,
+    open_stdin: bool,
+    on_error: &dyn Fn(std::io::Error) -> ExecutorError,
+) -> Result<Spawned, ExecutorError> {
+    let stdin = if open_stdin {
         Stdio::piped()
     } else {
         Stdio::null()
     };
-    command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
 
     // SAFETY: the closure runs between fork and exec and only calls
     // setsid(2), which is async-signal-safe.
@@ -107,7 +139,7 @@ fn spawn_with_pipes(mut command: Command, spec: &LaunchSpec) -> Result<Spawned, 
         });
     }
 
-    let mut child = command.spawn().map_err(|e| spawn_error(spec, e))?;
+    let mut child = command.spawn().map_err(on_error)?;
 
     let stdin = child
         .stdin
@@ -116,11 +148,11 @@ fn spawn_with_pipes(mut command: Command, spec: &LaunchSpec) -> Result<Spawned, 
     let stdout = child
         .stdout
         .take()
-        .ok_or_else(|| ExecutorError::Other("proot started without a stdout pipe".into()))?;
+        .ok_or_else(|| ExecutorError::Other("process started without a stdout pipe".into()))?;
     let stderr = child
         .stderr
         .take()
-        .ok_or_else(|| ExecutorError::Other("proot started without a stderr pipe".into()))?;
+        .ok_or_else(|| ExecutorError::Other("process started without a stderr pipe".into()))?;
 
     Ok(Spawned {
         child,
@@ -131,7 +163,11 @@ fn spawn_with_pipes(mut command: Command, spec: &LaunchSpec) -> Result<Spawned, 
     })
 }
 
-fn spawn_with_pty(mut command: Command, spec: &LaunchSpec) -> Result<Spawned, ExecutorError> {
+fn spawn_with_pty(
+    mut command: Command,
+    open_stdin: bool,
+    on_error: &dyn Fn(std::io::Error) -> ExecutorError,
+) -> Result<Spawned, ExecutorError> {
     let pty = Pty::open().map_err(|e| ExecutorError::io("open a pseudo-terminal", e))?;
     let clone = |fd: &OwnedFd| {
         fd.try_clone()
@@ -157,7 +193,7 @@ fn spawn_with_pty(mut command: Command, spec: &LaunchSpec) -> Result<Spawned, Ex
         });
     }
 
-    let child = command.spawn().map_err(|e| spawn_error(spec, e))?;
+    let child = command.spawn().map_err(on_error)?;
 
     // The parent's copies of the slave must be closed, or reading the
     // master never reaches end of file.
@@ -168,7 +204,7 @@ fn spawn_with_pty(mut command: Command, spec: &LaunchSpec) -> Result<Spawned, Ex
         PtyStream::new(fd).map_err(|e| ExecutorError::io("watch a pseudo-terminal", e))
     };
     let stdout = stream(clone(&pty.master)?)?;
-    let stdin = if spec.open_stdin {
+    let stdin = if open_stdin {
         Some(Box::pin(stream(clone(&pty.master)?)?) as BoxedWriter)
     } else {
         None

@@ -51,6 +51,39 @@ pub(crate) fn resolve_user(
     Ok(resolved)
 }
 
+/// Returns the groups a process of `user` belongs to, as `initgroups(3)`
+/// computes them: its primary gid, plus every group in the image's group
+/// file that lists the passwd name of `user.uid` as a member. Sorted and
+/// without duplicates.
+pub(crate) fn supplementary_groups(
+    user: &ResolvedUser,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Vec<u32> {
+    let mut gids = vec![user.gid];
+    let entries: Vec<PasswdEntry> = passwd.map(parse_passwd).unwrap_or_default();
+
+    if let Some(entry) = entries.iter().find(|entry| entry.uid == user.uid) {
+        let member_of = group
+            .into_iter()
+            .flat_map(str::lines)
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (_, gid) = parse_group_line(line)?;
+                let members = line.split(':').nth(3)?;
+                members
+                    .split(',')
+                    .any(|member| member.trim() == entry.name)
+                    .then_some(gid)
+            });
+        gids.extend(member_of);
+    }
+
+    gids.sort_unstable();
+    gids.dedup();
+    gids
+}
+
 fn resolve_user_part(
     user_part: &str,
     entries: &[PasswdEntry],
@@ -175,7 +208,10 @@ staff:x:50:app
 
     #[test]
     fn name_uses_passwd_entry() {
-        assert_eq!(resolve("postgres").unwrap(), user(999, 998, "/var/lib/postgresql"));
+        assert_eq!(
+            resolve("postgres").unwrap(),
+            user(999, 998, "/var/lib/postgresql")
+        );
     }
 
     #[test]
@@ -197,13 +233,38 @@ staff:x:50:app
             resolve("nobody"),
             Err(ExecutorError::UnknownUser(name)) if name == "nobody"
         ));
-        assert!(matches!(resolve("app:nogroup"), Err(ExecutorError::Other(_))));
+        assert!(matches!(
+            resolve("app:nogroup"),
+            Err(ExecutorError::Other(_))
+        ));
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_group_file() {
+        let app = resolve("app").unwrap();
+        let unknown = resolve("4242:77").unwrap();
+
+        assert_eq!(
+            supplementary_groups(&app, Some(PASSWD), Some(GROUP)),
+            vec![50, 1000]
+        );
+        assert_eq!(
+            supplementary_groups(&unknown, Some(PASSWD), Some(GROUP)),
+            vec![77]
+        );
+        assert_eq!(supplementary_groups(&app, Some(PASSWD), None), vec![1000]);
     }
 
     #[test]
     fn missing_files_allow_ids_and_root() {
-        assert_eq!(resolve_user("1000:1000", None, None).unwrap(), user(1000, 1000, "/"));
-        assert_eq!(resolve_user("root", None, None).unwrap(), user(0, 0, "/root"));
+        assert_eq!(
+            resolve_user("1000:1000", None, None).unwrap(),
+            user(1000, 1000, "/")
+        );
+        assert_eq!(
+            resolve_user("root", None, None).unwrap(),
+            user(0, 0, "/root")
+        );
         assert!(resolve_user("app", None, None).is_err());
     }
 }

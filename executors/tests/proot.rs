@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{container, finish, is_running, process, read_until, TIMEOUT};
-use sidewhale_core::{ExecutorError, Executor, ExitStatus, Probe};
+use sidewhale_core::{Executor, ExecutorError, ExitStatus, Probe};
 use sidewhale_executors::{ProotExecutor, ProotOptions};
 use tokio::io::AsyncWriteExt;
 
@@ -90,7 +90,10 @@ async fn pid_is_the_image_process() {
 
     assert_eq!(cmdline, b"sleep\x001000\0");
     started.control.kill_all().unwrap();
-    assert_eq!(finish(started).await.status, ExitStatus::Signal(libc::SIGKILL));
+    assert_eq!(
+        finish(started).await.status,
+        ExitStatus::Signal(libc::SIGKILL)
+    );
 }
 
 #[tokio::test]
@@ -160,7 +163,11 @@ async fn numeric_user_needs_no_passwd_entry() {
     let finished = finish(executor().start(&test.spec).await.unwrap()).await;
 
     let first = finished.stdout.lines().next().unwrap_or_default();
-    assert!(first.starts_with("uid=1000 gid=1000"), "{}", finished.stdout);
+    assert!(
+        first.starts_with("uid=1000 gid=1000"),
+        "{}",
+        finished.stdout
+    );
     assert!(finished.stdout.contains("HOME=/\n"), "{}", finished.stdout);
 }
 
@@ -172,8 +179,16 @@ async fn named_user_comes_from_passwd() {
     let finished = finish(executor().start(&test.spec).await.unwrap()).await;
 
     let first = finished.stdout.lines().next().unwrap_or_default();
-    assert!(first.starts_with("uid=1001(app) gid=1002(app)"), "{}", finished.stdout);
-    assert!(finished.stdout.contains("HOME=/home/app\n"), "{}", finished.stdout);
+    assert!(
+        first.starts_with("uid=1001(app) gid=1002(app)"),
+        "{}",
+        finished.stdout
+    );
+    assert!(
+        finished.stdout.contains("HOME=/home/app\n"),
+        "{}",
+        finished.stdout
+    );
 }
 
 #[tokio::test]
@@ -188,13 +203,29 @@ async fn root_user_is_fake_root() {
 
 #[tokio::test]
 async fn fake_root_drops_to_user_with_su() {
-    let test = container(&["su", "-s", "/bin/sh", "app", "-c", "id -u; touch /tmp/f; ls -n /tmp/f"]);
+    let test = container(&[
+        "su",
+        "-s",
+        "/bin/sh",
+        "app",
+        "-c",
+        "id -u; touch /tmp/f; ls -n /tmp/f",
+    ]);
 
     let finished = finish(executor().start(&test.spec).await.unwrap()).await;
 
     let lines: Vec<&str> = finished.stdout.lines().collect();
-    assert_eq!(lines.first(), Some(&"1001"), "{}{}", finished.stdout, finished.stderr);
-    assert!(lines.get(1).is_some_and(|line| line.contains(" 1001 ")), "{lines:?}");
+    assert_eq!(
+        lines.first(),
+        Some(&"1001"),
+        "{}{}",
+        finished.stdout,
+        finished.stderr
+    );
+    assert!(
+        lines.get(1).is_some_and(|line| line.contains(" 1001 ")),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test]
@@ -268,7 +299,10 @@ async fn exec_sees_main_process_files() {
     let mut main = executor.start(&test.spec).await.unwrap();
     read_until(&mut main.stdout, "ready\n").await;
 
-    let exec = executor.exec(&test.spec, &process(&["cat", "/tmp/marker"])).await.unwrap();
+    let exec = executor
+        .exec(&test.spec, &process(&["cat", "/tmp/marker"]))
+        .await
+        .unwrap();
     let finished = finish(exec).await;
 
     assert_eq!(finished.stdout, "written\n");
@@ -298,7 +332,10 @@ async fn main_exit_stops_execs() {
     spec.process.open_stdin = true;
     let mut main = executor.start(&spec).await.unwrap();
     read_until(&mut main.stdout, "ready\n").await;
-    let exec = executor.exec(&spec, &process(&["sleep", "1000"])).await.unwrap();
+    let exec = executor
+        .exec(&spec, &process(&["sleep", "1000"]))
+        .await
+        .unwrap();
     let exec_pid = exec.control.pid().unwrap() as i32;
 
     let mut stdin = main.stdin.take().unwrap();
@@ -332,8 +369,16 @@ async fn tty_merges_output_on_a_pty() {
     assert!(started.stderr.is_none());
     let finished = finish(started).await;
 
-    assert!(finished.stdout.starts_with("/dev/pts/"), "{:?}", finished.stdout);
-    assert!(finished.stdout.ends_with("err\r\n"), "{:?}", finished.stdout);
+    assert!(
+        finished.stdout.starts_with("/dev/pts/"),
+        "{:?}",
+        finished.stdout
+    );
+    assert!(
+        finished.stdout.ends_with("err\r\n"),
+        "{:?}",
+        finished.stdout
+    );
     assert_eq!(finished.status, ExitStatus::Code(0));
 }
 
@@ -380,11 +425,17 @@ async fn stdin_is_dev_null_without_open_stdin() {
 
 #[tokio::test]
 async fn server_mounts_are_visible() {
-    let test = container(&sh("cat /etc/hostname; echo shared > /dev/shm/file; ls /dev/null"));
+    let test = container(&sh(
+        "cat /etc/hostname; echo shared > /dev/shm/file; ls /dev/null",
+    ));
 
     let finished = finish(executor().start(&test.spec).await.unwrap()).await;
 
-    assert_eq!(finished.stdout, "0123456789ab\n/dev/null\n", "{}", finished.stderr);
+    assert_eq!(
+        finished.stdout, "0123456789ab\n/dev/null\n",
+        "{}",
+        finished.stderr
+    );
     let shared = std::fs::read_to_string(test.shm().join("file")).unwrap();
     assert_eq!(shared, "shared\n");
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sidewhale_core::ImageError;
 
 use crate::digest::sha256_of;
-use crate::rootfs::{build_rootfs, LayerDir};
+use crate::rootfs::{build_rootfs, check_stack, LayerDir};
 use crate::testutil::{tar_of, tree, unpack_into, Item};
 use crate::unpack::LayerMetadata;
 
@@ -36,7 +36,10 @@ impl Sandbox {
         let outside: Vec<PathBuf> = tree(self.dir.path())
             .into_iter()
             .filter(|p| {
-                !p.starts_with("layer") && !p.starts_with("rootfs") && !p.starts_with("lower")
+                !p.starts_with("layer")
+                    && !p.starts_with("rootfs")
+                    && !p.starts_with("rootfs-check")
+                    && !p.starts_with("lower")
             })
             .collect();
         assert_eq!(
@@ -260,6 +263,104 @@ fn rootfs_rejects_lower_symlink_escape() {
         "{result:?}"
     );
     sandbox.assert_outside_untouched();
+    assert!(fs::read("/tmp/x").map_or(true, |data| data != b"evil"));
+}
+
+/// Unpacks each tar into `lower/<n>` and returns whether `check_stack` and
+/// `build_rootfs` accept the stack.
+fn check_and_build(sandbox: &Sandbox, tars: &[Vec<u8>]) -> (bool, bool) {
+    let mut metadata = Vec::new();
+    for (index, tar) in tars.iter().enumerate() {
+        let dir = sandbox.path(&format!("lower/{index}"));
+        metadata.push((dir.clone(), unpack_into(tar, &dir).unwrap()));
+    }
+    let layers: Vec<LayerDir<'_>> = metadata
+        .iter()
+        .map(|(diff, metadata)| LayerDir {
+            diff: diff.clone(),
+            metadata,
+        })
+        .collect();
+    let checked = check_stack(&layers, &sandbox.path("rootfs-check"));
+    let built = build_rootfs(&layers, &sandbox.path("rootfs"));
+    for result in [&checked, &built] {
+        assert!(
+            matches!(result, Ok(()) | Err(ImageError::InvalidLayer { .. })),
+            "{result:?}"
+        );
+    }
+    (checked.is_ok(), built.is_ok())
+}
+
+#[test]
+fn check_stack_agrees_with_build_rootfs() {
+    let escape = "../../../../tmp";
+    let cases: Vec<(&str, Vec<Vec<u8>>, bool)> = vec![
+        (
+            "upper file through lower escaping symlink",
+            vec![
+                tar_of(&[Item::Symlink("escape", escape)]),
+                tar_of(&[Item::File("escape/x", b"evil", 0o644)]),
+            ],
+            false,
+        ),
+        (
+            "symlink chain across three layers",
+            vec![
+                tar_of(&[Item::Symlink("a", "b")]),
+                tar_of(&[Item::Symlink("b", escape)]),
+                tar_of(&[Item::File("a/x", b"evil", 0o644)]),
+            ],
+            false,
+        ),
+        (
+            "hard link through lower escaping symlink",
+            vec![
+                tar_of(&[
+                    Item::File("etc/passwd", b"root", 0o644),
+                    Item::Symlink("escape", escape),
+                ]),
+                tar_of(&[Item::HardLink("escape/x", "etc/passwd")]),
+            ],
+            false,
+        ),
+        (
+            "hard link to missing lower file",
+            vec![
+                tar_of(&[Item::File("etc/passwd", b"root", 0o644)]),
+                tar_of(&[Item::HardLink("etc/copy", "etc/missing")]),
+            ],
+            false,
+        ),
+        (
+            "upper file through lower symlink inside root",
+            vec![
+                tar_of(&[
+                    Item::Dir("usr/", 0o755),
+                    Item::Dir("usr/lib/", 0o755),
+                    Item::Symlink("lib", "usr/lib"),
+                ]),
+                tar_of(&[Item::File("lib/libx.so", b"x", 0o644)]),
+            ],
+            true,
+        ),
+        (
+            "escaping symlink removed by a whiteout",
+            vec![
+                tar_of(&[Item::Symlink("escape", escape)]),
+                tar_of(&[Item::File(".wh.escape", b"", 0o644)]),
+                tar_of(&[Item::File("escape/x", b"fine", 0o644)]),
+            ],
+            true,
+        ),
+    ];
+    for (name, tars, valid) in cases {
+        let sandbox = Sandbox::new();
+        let (checked, built) = check_and_build(&sandbox, &tars);
+        assert_eq!(checked, valid, "check_stack on {name}");
+        assert_eq!(built, valid, "build_rootfs on {name}");
+        sandbox.assert_outside_untouched();
+    }
     assert!(fs::read("/tmp/x").map_or(true, |data| data != b"evil"));
 }
 

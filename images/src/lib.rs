@@ -3,7 +3,7 @@
 //! root filesystems built from the stored layers.
 
 mod digest;
-mod fsutil;
+pub mod fsutil;
 mod manifest;
 mod pull;
 mod rootfs;
@@ -11,7 +11,7 @@ mod store;
 mod unpack;
 
 pub use store::{host_architecture, ImageStore, RegistryOptions, RemoveEvent};
-pub use unpack::{HardLink, LayerMetadata};
+pub use unpack::{owner_of, HardLink, LayerMetadata};
 
 #[cfg(test)]
 mod layer_tests;

@@ -214,8 +214,19 @@ async fn pull(
         layer_sizes(store, &diff_ids)
     } else {
         store.pin_layers(&diff_ids);
-        let result = pull_layers(store, reference, &resolved, &diff_ids, &reporter).await;
+        let mut result = pull_layers(store, reference, &resolved, &diff_ids, &reporter).await;
+        if result.is_ok() {
+            if let Err(error) = check_stack(store, &diff_ids).await {
+                result = Err(error);
+            }
+        }
         store.unpin_layers(&diff_ids);
+        if let Err(error) = &result {
+            if matches!(error, ImageError::InvalidLayer { .. }) {
+                tracing::warn!(reference = %reference, %error, "image rejected, removing its unused layers");
+                store.discard_unused_layers(&diff_ids);
+            }
+        }
         let (sizes, count) = result?;
         downloaded = count;
         sizes
@@ -666,6 +677,19 @@ fn is_digest_error(error: &std::io::Error) -> bool {
     error
         .get_ref()
         .is_some_and(|inner| inner.downcast_ref::<DigestError>().is_some())
+}
+
+/// Checks on a blocking thread that the stored layers `diff_ids` stack
+/// into a rootfs without leaving it.
+async fn check_stack(store: &ImageStore, diff_ids: &[String]) -> Result<(), ImageError> {
+    let check = store.stack_check(diff_ids)?;
+    match tokio::task::spawn_blocking(move || check.run()).await {
+        Ok(result) => result,
+        Err(error) => Err(ImageError::io(
+            "check layer stack",
+            std::io::Error::other(error),
+        )),
+    }
 }
 
 /// Unpacks a downloaded layer blob into a temp directory, checks its diff

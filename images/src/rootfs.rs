@@ -42,21 +42,35 @@ struct DirAttributes {
 /// Stacks `layers` (base layer first) into `dest`, which must not exist or
 /// be empty, applying each layer's whiteouts to the layers below it.
 pub fn build_rootfs(layers: &[LayerDir<'_>], dest: &Path) -> Result<(), ImageError> {
-    fs::create_dir_all(dest).map_err(|error| ImageError::io("create rootfs directory", error))?;
     let mut builder = Builder {
         dest,
         chown: fsutil::can_chown(),
         reflink: true,
+        skeleton: false,
         dirs: BTreeMap::new(),
         copied: HashMap::new(),
     };
-
-    for layer in layers {
-        builder.copied.clear();
-        builder.apply_dir(layer, &layer.diff, Path::new(""), Vec::new())?;
-        builder.link_lower(layer)?;
-    }
+    builder.stack(layers)?;
     builder.finish_dirs()
+}
+
+/// Stacks `layers` into `scratch` as `build_rootfs` does, but with empty
+/// regular files and without owners, modes or mtimes. This finds every
+/// `InvalidLayer` error that `build_rootfs` would return for the same
+/// layers, such as an upper layer's path through a lower layer's symlink
+/// that leads out of the root, because both run the same resolution code.
+/// It costs one inode per entry, not a copy of the data. The caller
+/// removes `scratch`.
+pub fn check_stack(layers: &[LayerDir<'_>], scratch: &Path) -> Result<(), ImageError> {
+    let mut builder = Builder {
+        dest: scratch,
+        chown: false,
+        reflink: false,
+        skeleton: true,
+        dirs: BTreeMap::new(),
+        copied: HashMap::new(),
+    };
+    builder.stack(layers)
 }
 
 struct Builder<'a> {
@@ -65,6 +79,9 @@ struct Builder<'a> {
     /// Cleared after the first FICLONE failure, to save a system call per
     /// file on file systems without reflinks.
     reflink: bool,
+    /// Set by `check_stack`: regular files are created empty and no file
+    /// attributes are applied.
+    skeleton: bool,
     /// Directory attributes by rootfs path; the last layer to list a
     /// directory wins.
     dirs: BTreeMap<PathBuf, DirAttributes>,
@@ -74,6 +91,17 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    fn stack(&mut self, layers: &[LayerDir<'_>]) -> Result<(), ImageError> {
+        fs::create_dir_all(self.dest)
+            .map_err(|error| ImageError::io("create rootfs directory", error))?;
+        for layer in layers {
+            self.copied.clear();
+            self.apply_dir(layer, &layer.diff, Path::new(""), Vec::new())?;
+            self.link_lower(layer)?;
+        }
+        Ok(())
+    }
+
     fn invalid(&self, layer: &LayerDir<'_>, path: &Path, reason: &str) -> ImageError {
         ImageError::InvalidLayer {
             digest: layer.metadata.diff_id.clone(),
@@ -212,6 +240,9 @@ impl Builder<'_> {
         if file_type.is_symlink() {
             let target = fs::read_link(source).map_err(|e| Self::io_error(source, e))?;
             std::os::unix::fs::symlink(target, dest).map_err(|e| Self::io_error(dest, e))?;
+            if self.skeleton {
+                return Ok(());
+            }
             if self.chown {
                 fsutil::lchown(dest, metadata.uid(), metadata.gid())
                     .map_err(|e| Self::io_error(dest, e))?;
@@ -249,6 +280,9 @@ impl Builder<'_> {
             .mode(0o600)
             .open(dest)
             .map_err(io_error)?;
+        if self.skeleton {
+            return Ok(());
+        }
         if !self.try_reflink(&input, &output) {
             // std's File-to-File copy uses copy_file_range on Linux, so the
             // data never passes through user space.

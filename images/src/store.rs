@@ -240,23 +240,8 @@ impl ImageStore {
         let record = self
             .get(image)
             .ok_or_else(|| ImageError::NoSuchImage(image.to_string()))?;
-        let mut metadata = Vec::new();
-        for diff_id in &record.diff_ids {
-            let layer = self
-                .load_layer(diff_id)
-                .ok_or_else(|| ImageError::InvalidLayer {
-                    digest: diff_id.clone(),
-                    reason: "layer is missing from the store; pull the image again".to_string(),
-                })?;
-            metadata.push((self.layer_path(diff_id).join("diff"), layer));
-        }
-        let layers: Vec<LayerDir<'_>> = metadata
-            .iter()
-            .map(|(diff, metadata)| LayerDir {
-                diff: diff.clone(),
-                metadata,
-            })
-            .collect();
+        let metadata = self.load_stack(&record.diff_ids)?;
+        let layers = layer_dirs(&metadata);
 
         if fs::read_dir(dest).is_ok_and(|mut entries| entries.next().is_some()) {
             return Err(ImageError::Conflict(format!(
@@ -273,6 +258,53 @@ impl ImageStore {
         tracing::info!(image = %record.id, rootfs = %dest.display(), layers = layers.len(),
             elapsed_ms, "rootfs created");
         Ok(())
+    }
+
+    /// Prepares a check that the stored layers `diff_ids` (base first)
+    /// stack into a rootfs, so that `create_rootfs` cannot fail on them
+    /// with `ImageError::InvalidLayer`. Layers can be valid one by one and
+    /// still escape the root together, for example through a lower layer's
+    /// symlink.
+    pub(crate) fn stack_check(&self, diff_ids: &[String]) -> Result<StackCheck, ImageError> {
+        Ok(StackCheck {
+            stack: self.load_stack(diff_ids)?,
+            scratch: self.temp_path("check"),
+        })
+    }
+
+    /// Removes the stored layers among `diff_ids` that no image uses and
+    /// no running pull has pinned, after a pull that stored them failed.
+    pub(crate) fn discard_unused_layers(&self, diff_ids: &[String]) {
+        let catalog = self.lock();
+        let mut used: HashSet<&String> = catalog.pinned_layers.keys().collect();
+        for record in catalog.images.values() {
+            used.extend(record.diff_ids.iter());
+        }
+        for diff_id in diff_ids {
+            let path = self.layer_path(diff_id);
+            if used.contains(diff_id) || !path.exists() {
+                continue;
+            }
+            if let Err(error) = self.discard(&path) {
+                tracing::warn!(%diff_id, %error, "failed to remove an unused layer");
+            }
+        }
+    }
+
+    /// Loads the metadata of the stored layers `diff_ids` with the paths of
+    /// their `diff/` directories.
+    fn load_stack(&self, diff_ids: &[String]) -> Result<Vec<(PathBuf, LayerMetadata)>, ImageError> {
+        let mut stack = Vec::new();
+        for diff_id in diff_ids {
+            let layer = self
+                .load_layer(diff_id)
+                .ok_or_else(|| ImageError::InvalidLayer {
+                    digest: diff_id.clone(),
+                    reason: "layer is missing from the store; pull the image again".to_string(),
+                })?;
+            stack.push((self.layer_path(diff_id).join("diff"), layer));
+        }
+        Ok(stack)
     }
 
     /// Removes a rootfs made by `create_rootfs`, including directories and
@@ -527,6 +559,34 @@ impl ImageStore {
         fs::rename(path, &temp)?;
         fsutil::remove_tree(&temp)
     }
+}
+
+/// A check of a layer stack, which blocks while it builds a skeleton
+/// rootfs, so it can be moved to a blocking thread.
+pub(crate) struct StackCheck {
+    stack: Vec<(PathBuf, LayerMetadata)>,
+    scratch: PathBuf,
+}
+
+impl StackCheck {
+    pub(crate) fn run(self) -> Result<(), ImageError> {
+        let result = rootfs::check_stack(&layer_dirs(&self.stack), &self.scratch);
+        if let Err(error) = fsutil::remove_tree(&self.scratch) {
+            tracing::warn!(path = %self.scratch.display(), %error,
+                "failed to remove layer check directory");
+        }
+        result
+    }
+}
+
+fn layer_dirs(stack: &[(PathBuf, LayerMetadata)]) -> Vec<LayerDir<'_>> {
+    stack
+        .iter()
+        .map(|(diff, metadata)| LayerDir {
+            diff: diff.clone(),
+            metadata,
+        })
+        .collect()
 }
 
 /// Removes the layer directories and blobs of `record` that no remaining

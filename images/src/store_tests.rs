@@ -5,7 +5,8 @@ use std::fs;
 use sidewhale_core::ImageError;
 
 use crate::store::{ImageStore, RegistryOptions, RemoveEvent};
-use crate::testutil::{add_image, tar_of, Item};
+use crate::testutil::{add_image, gzip, tar_of, Item};
+use crate::unpack;
 
 fn open(root: &std::path::Path) -> ImageStore {
     ImageStore::open(root.to_path_buf(), RegistryOptions::default()).unwrap()
@@ -166,6 +167,70 @@ fn reopen_cleans_up_after_crash() {
     let dest = root.path().join("rootfs");
     store.create_rootfs("app:1", &dest).unwrap();
     assert_eq!(fs::read(dest.join("etc/os-release")).unwrap(), b"ID=test\n");
+}
+
+#[test]
+fn stack_check_rejects_cross_layer_escape() {
+    let root = tempfile::tempdir().unwrap();
+    let store = open(root.path());
+    let lower = tar_of(&[Item::Symlink("escape", "../../../../tmp")]);
+    let upper = tar_of(&[Item::File("escape/x", b"evil", 0o644)]);
+    let id = add_image(&store, &[base_layer(), lower, upper], None, "escape");
+    let diff_ids = store.get(&id).unwrap().diff_ids;
+
+    let checked = store.stack_check(&diff_ids).unwrap().run();
+    assert!(
+        matches!(checked, Err(ImageError::InvalidLayer { .. })),
+        "{checked:?}"
+    );
+    let created = store.create_rootfs(&id, &root.path().join("rootfs"));
+    assert!(
+        matches!(created, Err(ImageError::InvalidLayer { .. })),
+        "{created:?}"
+    );
+    let scratch = fs::read_dir(root.path().join("tmp")).unwrap().count();
+    assert_eq!(scratch, 0, "check left files in the store's tmp");
+
+    let valid = store.stack_check(&diff_ids[..1]).unwrap().run();
+    assert!(valid.is_ok(), "{valid:?}");
+}
+
+/// Stores a layer made of `tar` without any image, as a failed pull
+/// leaves it, and returns its diff id.
+fn store_layer(store: &ImageStore, tar: &[u8]) -> String {
+    let blob = store.temp_path("blob");
+    fs::write(&blob, gzip(tar)).unwrap();
+    let temp = store.temp_path("layer");
+    fs::create_dir_all(temp.join("diff")).unwrap();
+    let metadata =
+        unpack::unpack_layer(&blob, &temp.join("diff"), "sha256:test", &mut |_| {}).unwrap();
+    fs::write(
+        temp.join("layer.json"),
+        serde_json::to_vec(&metadata).unwrap(),
+    )
+    .unwrap();
+    store.commit_layer(&temp, &metadata.diff_id).unwrap();
+    fs::remove_file(&blob).unwrap();
+    metadata.diff_id
+}
+
+#[test]
+fn discard_unused_layers_keeps_used_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let store = open(root.path());
+    let id = add_image(&store, &[base_layer()], Some("app:1"), "one");
+    let used = store.get(&id).unwrap().diff_ids[0].clone();
+    let unused = store_layer(&store, &tar_of(&[Item::File("a", b"a", 0o644)]));
+    let pinned = store_layer(&store, &tar_of(&[Item::File("b", b"b", 0o644)]));
+    store.pin_layers(std::slice::from_ref(&pinned));
+
+    store.discard_unused_layers(&[used.clone(), unused.clone(), pinned.clone()]);
+    assert!(store.load_layer(&used).is_some(), "layer of an image");
+    assert!(
+        store.load_layer(&pinned).is_some(),
+        "layer of a running pull"
+    );
+    assert!(store.load_layer(&unused).is_none(), "unused layer");
 }
 
 #[test]

@@ -424,7 +424,7 @@ impl<'a> Unpacker<'a> {
 
 /// Returns the entry's owner, preferring PAX `uid`/`gid` records, which
 /// carry ids too large for the ustar header.
-fn owner_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> (u32, u32) {
+pub fn owner_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> (u32, u32) {
     let header = entry.header();
     let mut uid = header.uid().unwrap_or(0) as u32;
     let mut gid = header.gid().unwrap_or(0) as u32;

@@ -5,6 +5,7 @@
 
 mod api;
 mod runtime;
+mod state;
 mod stdcopy;
 
 use std::collections::BTreeMap;
@@ -14,9 +15,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use sidewhale_config::{Config, ExecutorOverrides, Overrides};
+use sidewhale_config::{Config, ExecutorOverrides, NetworkIsolation, NetworkOverrides, Overrides};
 use sidewhale_core::{Executor, Probe};
-use sidewhale_executors::ProotExecutor;
+use sidewhale_executors::{
+    plugin_paths, BubblewrapExecutor, BubblewrapOptions, ChrootExecutor, PluginExecutor,
+    ProotExecutor,
+};
 use sidewhale_images::{ImageStore, RegistryOptions};
 
 use crate::runtime::ports::TcpPortForwarder;
@@ -52,6 +56,26 @@ struct Cli {
     /// [default: proot]
     #[arg(long, value_name = "NAME")]
     executor: Option<String>,
+    /// Executor plugin (a shared library) to load at start-up; repeat for
+    /// several. Replaces the list of executor.plugins.
+    #[arg(long = "executor-plugin", value_name = "PATH")]
+    executor_plugin: Vec<PathBuf>,
+    /// Network isolation: `auto` gives each container its own network
+    /// namespace where the host allows it, `namespace` requires that,
+    /// `host` shares the host's network. [default: auto]
+    #[arg(long, value_name = "MODE", value_parser = parse_isolation)]
+    network_isolation: Option<NetworkIsolation>,
+}
+
+fn parse_isolation(text: &str) -> Result<NetworkIsolation, String> {
+    match text {
+        "auto" => Ok(NetworkIsolation::Auto),
+        "namespace" => Ok(NetworkIsolation::Namespace),
+        "host" => Ok(NetworkIsolation::Host),
+        _ => Err(format!(
+            "invalid mode {text:?}: expected auto, namespace or host"
+        )),
+    }
 }
 
 impl Cli {
@@ -62,10 +86,15 @@ impl Cli {
             state_dir: self.state_dir.clone(),
             registry_mirrors: self.registry_mirror.clone(),
             insecure_registries: self.insecure_registry.clone(),
-            executor: self
-                .executor
-                .clone()
-                .map(|default| ExecutorOverrides { default: Some(default) }),
+            executor: (self.executor.is_some() || !self.executor_plugin.is_empty()).then(|| {
+                ExecutorOverrides {
+                    default: self.executor.clone(),
+                    plugins: self.executor_plugin.clone(),
+                }
+            }),
+            network: self.network_isolation.map(|isolation| NetworkOverrides {
+                isolation: Some(isolation),
+            }),
         }
     }
 }
@@ -76,10 +105,29 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// Creates every built-in executor and probes it.
-async fn executors(config: &Config) -> BTreeMap<String, (Arc<dyn Executor>, Probe)> {
+/// Creates every built-in executor, loads the configured plugins, and
+/// probes them all. Fails when a plugin cannot be loaded or reuses a name.
+async fn executors(
+    config: &Config,
+) -> anyhow::Result<BTreeMap<String, (Arc<dyn Executor>, Probe)>> {
     let proot = sidewhale_executors::ProotOptions { proot_path: config.executor.proot_path.clone() };
-    let candidates: Vec<Arc<dyn Executor>> = vec![Arc::new(ProotExecutor::new(proot))];
+    let mut candidates: Vec<Arc<dyn Executor>> = vec![
+        Arc::new(ProotExecutor::new(proot)),
+        Arc::new(BubblewrapExecutor::new(BubblewrapOptions::default())),
+        Arc::new(ChrootExecutor::new()),
+    ];
+    let plugins = plugin_paths(&config.executor.plugins, config.executor.plugin_dir.as_deref())?;
+    for path in plugins {
+        let plugin = PluginExecutor::load(&path)?;
+        if candidates.iter().any(|executor| executor.name() == plugin.name()) {
+            anyhow::bail!(
+                "executor plugin {} is named {:?}, which another executor already uses",
+                path.display(),
+                plugin.name()
+            );
+        }
+        candidates.push(Arc::new(plugin));
+    }
     let mut executors = BTreeMap::new();
     for executor in candidates {
         let probe = executor.probe().await;
@@ -91,18 +139,35 @@ async fn executors(config: &Config) -> BTreeMap<String, (Arc<dyn Executor>, Prob
         }
         executors.insert(executor.name().to_string(), (executor, probe));
     }
-    executors
+    Ok(executors)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The hidden holder mode runs inside a container's network namespace;
+    // see `sidewhale_netns`.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == sidewhale_netns::HOLDER_ARGUMENT) {
+        init_tracing();
+        let Some(socket) = args.get(2) else {
+            anyhow::bail!("{} needs a socket path", sidewhale_netns::HOLDER_ARGUMENT);
+        };
+        return sidewhale_netns::run_holder(std::path::Path::new(socket))
+            .await
+            .context("network namespace holder failed");
+    }
     let cli = Cli::parse();
     init_tracing();
     let config = Config::load(cli.config.as_deref(), &cli.overrides())?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("failed to create state directory {}", config.state_dir.display()))?;
+    let _state_lock = state::prepare(&config.state_dir)?;
+    if !config.listen.is_empty() && nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "serving the API over TCP as root: any local user who can connect gets root's \
+             privileges through it; prefer running sidewhale as an ordinary user"
+        );
+    }
 
-    let executors = executors(&config).await;
+    let executors = executors(&config).await?;
     match executors.get(&config.executor.default) {
         Some((_, Probe::Available)) => {}
         Some((_, Probe::Unavailable(reason))) => anyhow::bail!(

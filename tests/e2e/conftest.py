@@ -2,12 +2,16 @@
 
 The registry is started by tests/run.sh (tests/registry.sh start) and
 reached as a Docker Hub mirror, as a user behind a corporate mirror would.
-Set SIDEWHALE_TEST_USER to run sidewhale as that unprivileged user.
+Set SIDEWHALE_TEST_USER to run sidewhale as that unprivileged user,
+SIDEWHALE_TEST_EXECUTOR to choose its default executor (--executor), and
+SIDEWHALE_TEST_SERVER_ARGS to add arguments to its command line (split as
+by a POSIX shell), such as --executor-plugin PATH.
 """
 
 import os
 import pathlib
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -21,6 +25,15 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MIRROR = os.environ.get("SIDEWHALE_TEST_MIRROR", "http://127.0.0.1:5000")
 BINARY = pathlib.Path(os.environ.get("SIDEWHALE_BIN", REPO / "target" / "debug" / "sidewhale"))
+EXECUTOR = os.environ.get("SIDEWHALE_TEST_EXECUTOR") or None
+SERVER_ARGS = shlex.split(os.environ.get("SIDEWHALE_TEST_SERVER_ARGS", ""))
+
+# The README's limitations: bubblewrap maps one user id, so entrypoints that
+# switch users and execs as another user fail.
+skip_single_user = pytest.mark.skipif(
+    EXECUTOR == "bubblewrap",
+    reason="bubblewrap maps only the image user's id (see README, Limitations)",
+)
 
 
 def free_port():
@@ -50,6 +63,9 @@ class Sidewhale:
             "--state-dir", str(self.state_dir),
             "--registry-mirror", MIRROR,
         ]
+        if EXECUTOR:
+            command += ["--executor", EXECUTOR]
+        command += SERVER_ARGS
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "SIDEWHALE_LOG": os.environ.get("SIDEWHALE_LOG", "info"),

@@ -10,6 +10,8 @@ import uuid
 import docker
 import pytest
 
+from conftest import skip_single_user
+
 
 def request(sidewhale, method, path, body=None):
     """Sends a raw request and returns (status, parsed JSON or text)."""
@@ -217,6 +219,7 @@ def test_etc_files_and_shm(docker_client, busybox):
         container.remove(force=True)
 
 
+@skip_single_user
 def test_exec_env_workdir_user(docker_client, busybox):
     container = docker_client.containers.run(busybox, ["sleep", "60"], detach=True)
     try:
@@ -231,7 +234,12 @@ def test_exec_env_workdir_user(docker_client, busybox):
 
 
 def test_stop_uses_image_signal_then_kills(docker_client, busybox):
-    container = docker_client.containers.run(busybox, ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"], detach=True)
+    container = docker_client.containers.run(
+        busybox, ["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"], detach=True
+    )
+    deadline = time.monotonic() + 10
+    while b"ready" not in container.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
     started = time.monotonic()
     container.stop(timeout=1)
     container.reload()

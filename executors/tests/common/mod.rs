@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod suite;
+
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -18,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const BUSYBOX: &str = "/bin/busybox";
 
 const APPLETS: &[&str] = &[
-    "cat", "echo", "env", "id", "kill", "ls", "pwd", "setsid", "sh", "sleep", "stty", "su",
-    "test", "touch", "tty", "true",
+    "cat", "echo", "env", "hostname", "id", "kill", "ls", "pwd", "setsid", "sh", "sleep", "stty",
+    "su", "test", "touch", "tty", "true",
 ];
 
 /// How long any single wait in a test may take.
@@ -64,6 +66,7 @@ pub fn container(argv: &[&str]) -> TestContainer {
         hostname: "0123456789ab".into(),
         process: process(argv),
         mounts,
+        network: None,
     };
     TestContainer { dir, spec }
 }
@@ -81,7 +84,9 @@ fn build_rootfs(rootfs: &Path) {
         Path::new(BUSYBOX).is_file(),
         "{BUSYBOX} is missing: apt-get install busybox-static"
     );
-    for dir in ["bin", "etc", "proc", "dev", "sys", "tmp", "root", "home/app"] {
+    for dir in [
+        "bin", "etc", "proc", "dev", "sys", "tmp", "root", "home/app",
+    ] {
         fs::create_dir_all(rootfs.join(dir)).expect("create rootfs dir");
     }
     fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777))
@@ -194,7 +199,8 @@ pub async fn read_until(reader: &mut (impl AsyncRead + Unpin), marker: &str) -> 
     String::from_utf8_lossy(&output).into_owned()
 }
 
-/// Whether a process with this host pid exists and is not a zombie.
+/// Returns whether a process with this host pid exists and is not a
+/// zombie.
 pub fn is_running(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name in parentheses.
@@ -203,4 +209,43 @@ pub fn is_running(pid: i32) -> bool {
             .is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// Returns a descendant of `pid` whose command name is `name`, searching
+/// `/proc` for up to `TIMEOUT`. A daemon started with `setsid` stays a
+/// descendant until its parent exits.
+pub fn descendant_named(pid: i32, name: &str) -> Option<i32> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        let mut tree = vec![pid];
+        let mut index = 0;
+        while index < tree.len() {
+            let parent = tree[index];
+            index += 1;
+            for child in children(parent) {
+                let comm = fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+                if comm.trim() == name {
+                    return Some(child);
+                }
+                tree.push(child);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }

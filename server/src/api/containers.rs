@@ -69,7 +69,11 @@ fn matches_filters(
             record.name.contains(name.strip_prefix('/').unwrap_or(name))
         }),
         "id" => values.iter().any(|id| record.id.starts_with(id.as_str())),
-        "status" => values.iter().any(|status| status == record.state.status.as_str()),
+        "status" => values.iter().any(|status| status == record.state.status_name()),
+        "health" => {
+            let health = record.state.health.as_ref().map_or("none", |h| h.status.as_str());
+            values.iter().any(|wanted| wanted == health)
+        }
         "ancestor" => values.iter().any(|image| *image == record.image || *image == record.image_id),
         _ => true,
     })
@@ -124,7 +128,7 @@ pub async fn kill(
     Query(query): Query<query::Query>,
 ) -> ApiResult<StatusCode> {
     let container = daemon.container(&id)?;
-    daemon.kill_container(&container, query.get("signal").map(String::as_str))?;
+    daemon.kill_container(&container, query.get("signal").map(String::as_str)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -135,6 +139,9 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     let container = daemon.container(&id)?;
     daemon.remove_container(&container, flag(&query, "force")).await?;
+    if flag(&query, "v") {
+        daemon.remove_anonymous_volumes(&container.record());
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

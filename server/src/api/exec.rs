@@ -68,7 +68,7 @@ pub async fn start(
             let finished = exec.clone();
             let output = process_output(process.stdout, process.stderr, tty, process.exit, move |status| {
                 tracing::info!(exec = %&finished.id[..12], exit_code = status.code(), "exec exited");
-                finished.finish(status.code());
+                daemon.finish_exec(&finished, status.code());
             });
             if start.detach.unwrap_or(false) {
                 tokio::spawn(drain(output));

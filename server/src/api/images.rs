@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::query::{self, flag};
 use super::render;
 use super::{streaming, ApiError, ApiResult, AppState};
+use crate::runtime::ryuk;
 
 /// Builds the reference of `POST /images/create` from `fromImage` and
 /// `tag`, where `tag` may also be a digest.
@@ -92,10 +93,23 @@ pub async fn create(
     Query(query): Query<query::Query>,
 ) -> ApiResult<Response> {
     let reference = pull_reference(&query)?;
+    if ryuk::is_ryuk_image(&reference.to_string()) {
+        // sidewhale serves Ryuk itself, so there is nothing to pull.
+        let status = format!("Status: Image is up to date for {}", reference.familiar());
+        let line = progress_line(&PullProgress::status(status));
+        return Ok(streaming("application/json", Body::from(line)));
+    }
     let (sender, mut progress) = mpsc::channel::<PullProgress>(64);
     let images = daemon.images.clone();
     let pulled = reference.clone();
-    let mut pull = tokio::spawn(async move { images.pull(&pulled, sender).await });
+    let events = daemon.clone();
+    let mut pull = tokio::spawn(async move {
+        let result = images.pull(&pulled, sender).await;
+        if result.is_ok() {
+            events.image_event("pull", &pulled.familiar(), &pulled.familiar_repository());
+        }
+        result
+    });
 
     let first = tokio::select! {
         step = progress.recv() => step,
@@ -127,17 +141,44 @@ pub async fn create(
 
 pub async fn list(
     State(daemon): State<AppState>,
-    Query(_query): Query<query::Query>,
-) -> Json<Value> {
+    Query(query): Query<query::Query>,
+) -> ApiResult<Json<Value>> {
+    let filters = query::filters(&query)?;
     let images = daemon.images.list();
     let summaries = images
         .iter()
+        .filter(|image| image_matches(image, &filters))
         .map(|image| {
             let containers = daemon.containers_using_image(&image.id).len();
             render::image_summary(image, containers)
         })
         .collect();
-    Json(Value::Array(summaries))
+    Ok(Json(Value::Array(summaries)))
+}
+
+/// Applies the `reference`, `dangling` and `label` filters of
+/// `GET /images/json`. A reference pattern without a tag matches the
+/// repository alone; `*` matches any run of characters.
+fn image_matches(
+    image: &sidewhale_core::ImageRecord,
+    filters: &std::collections::HashMap<String, Vec<String>>,
+) -> bool {
+    let labels = image.config.labels.clone().unwrap_or_default();
+    filters.iter().all(|(key, values)| match key.as_str() {
+        "reference" => values.iter().any(|pattern| {
+            image.repo_tags.iter().any(|tag| {
+                let repository = tag.rsplit_once(':').map_or(tag.as_str(), |(name, _)| name);
+                sidewhale_config::glob_matches(pattern, tag)
+                    || sidewhale_config::glob_matches(pattern, repository)
+            })
+        }),
+        "dangling" => values.iter().any(|value| (value == "true") == image.repo_tags.is_empty()),
+        "label" => values.iter().all(|wanted| match wanted.split_once('=') {
+            Some((key, value)) => labels.get(key).is_some_and(|actual| actual == value),
+            None => labels.contains_key(wanted),
+        }),
+        _ => true,
+    })
 }
 
 fn no_such_image(name: &str) -> ApiError {
@@ -151,7 +192,11 @@ pub async fn get_by_suffix(
     Path(path): Path<String>,
 ) -> ApiResult<Json<Value>> {
     if let Some(name) = path.strip_suffix("/json") {
-        let image = daemon.images.get(name).ok_or_else(|| no_such_image(name))?;
+        let image = daemon
+            .images
+            .get(name)
+            .or_else(|| ryuk::is_ryuk_image(name).then(|| ryuk::image_record(name)))
+            .ok_or_else(|| no_such_image(name))?;
         return Ok(Json(render::image_inspect(&image)));
     }
     if let Some(name) = path.strip_suffix("/history") {
@@ -175,11 +220,13 @@ pub async fn post_by_suffix(
     })?;
     let text = match query.get("tag").map(String::as_str) {
         None | Some("") => repo.clone(),
-        Some(tag) => format!("{repo}:{tag}"),
+        Some(tag) if sidewhale_core::image::is_valid_tag(tag) => format!("{repo}:{tag}"),
+        Some(tag) => return Err(ApiError::bad_request(format!("invalid tag format: {tag:?}"))),
     };
     let target = Reference::parse(&text).map_err(|error| ApiError::bad_request(error.to_string()))?;
-    daemon.images.get(name).ok_or_else(|| no_such_image(name))?;
+    let image = daemon.images.get(name).ok_or_else(|| no_such_image(name))?;
     daemon.images.tag(name, &target.to_string())?;
+    daemon.image_event("tag", &image.id, &target.familiar());
     Ok(StatusCode::CREATED)
 }
 
@@ -214,6 +261,12 @@ pub async fn remove(
         ));
     }
     let removed = daemon.images.remove(&name, force)?;
+    for event in &removed {
+        match event {
+            sidewhale_images::RemoveEvent::Untagged(tag) => daemon.image_event("untag", &image.id, tag),
+            sidewhale_images::RemoveEvent::Deleted(id) => daemon.image_event("delete", id, id),
+        }
+    }
     let body: Vec<Value> = removed
         .into_iter()
         .map(|item| match item {

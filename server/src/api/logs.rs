@@ -16,12 +16,13 @@ use tokio_stream::StreamExt;
 use super::query::{self, flag};
 use super::streams::{self, hijacked_response, MULTIPLEXED, RAW};
 use super::{streaming, ApiError, ApiResult, AppState};
-use crate::runtime::logs::{LogEntry, Stream};
+use crate::runtime::logs::{LogBuffer, LogEntry, Stream};
 use crate::runtime::model::Status;
 use crate::runtime::Container;
 use crate::stdcopy;
 
 /// The log entries a `logs` or `attach` request selects, and their form.
+#[derive(Clone, Copy)]
 struct LogSelection {
     stdout: bool,
     stderr: bool,
@@ -58,6 +59,54 @@ impl LogSelection {
     }
 }
 
+/// Sends the selected entries between offsets `start` and `end` of `log`.
+/// Returns false once the receiver is gone.
+async fn send_range(
+    log: &LogBuffer,
+    selection: &LogSelection,
+    sender: &mpsc::Sender<Bytes>,
+    start: u64,
+    end: u64,
+) -> bool {
+    let mut position = start;
+    while position < end {
+        let (entries, next) = log.read_range(position, end);
+        if next == position {
+            break;
+        }
+        position = next;
+        for entry in entries.iter().filter(|entry| selection.includes(entry)) {
+            if sender.send(selection.render(entry)).await.is_err() {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Sends the selected entries from `position` to the end of `log`, moving
+/// `position` past them. Returns whether the log is still live as of that
+/// end, or `None` once the receiver is gone.
+async fn send_new(
+    log: &LogBuffer,
+    selection: &LogSelection,
+    sender: &mpsc::Sender<Bytes>,
+    position: &mut u64,
+) -> Option<bool> {
+    loop {
+        let (entries, next, live) = log.read_from(*position);
+        if next == *position {
+            return Some(live);
+        }
+        *position = next;
+        for entry in entries.iter().filter(|entry| selection.includes(entry)) {
+            if sender.send(selection.render(entry)).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
 fn timestamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
@@ -68,7 +117,9 @@ fn unix_time(query: &query::Query, key: &str) -> ApiResult<Option<f64>> {
     match query.get(key).map(String::as_str) {
         None | Some("") | Some("0") => Ok(None),
         Some(text) => text.parse::<f64>().map(Some).map_err(|_| {
-            ApiError::bad_request(format!("invalid value for {key}: {text:?} is not a Unix timestamp"))
+            ApiError::bad_request(format!(
+                "invalid value for {key}: {text:?} is not a Unix timestamp"
+            ))
         }),
     }
 }
@@ -89,52 +140,70 @@ pub async fn logs(
         tty: record.config.tty.unwrap_or(false),
     };
     if !selection.stdout && !selection.stderr {
-        return Err(ApiError::bad_request("Bad parameters: you must choose at least one stream"));
+        return Err(ApiError::bad_request(
+            "Bad parameters: you must choose at least one stream",
+        ));
     }
     let tail = match query.get("tail").map(String::as_str) {
         None | Some("") | Some("all") => None,
         Some(text) => match text.parse::<i64>() {
             Ok(count) if count >= 0 => Some(count as usize),
             Ok(_) => None,
-            Err(_) => return Err(ApiError::bad_request(format!("invalid value for tail: {text:?}"))),
+            Err(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid value for tail: {text:?}"
+                )))
+            }
         },
     };
     let follow = flag(&query, "follow") && selection.until.is_none();
 
     let mut changes = container.logs.subscribe();
     changes.borrow_and_update();
-    let (backlog, mut position, live) = container.logs.read_from(0);
-    let mut selected: Vec<&LogEntry> = backlog.iter().filter(|e| selection.includes(e)).collect();
-    if let Some(tail) = tail {
-        let skip = selected.len().saturating_sub(tail);
-        selected.drain(..skip);
-    }
-    let first: Vec<Bytes> = selected.into_iter().map(|entry| selection.render(entry)).collect();
+    // The entries up to `end` are the backlog, to which `tail` applies.
+    let (end, live) = container.logs.snapshot();
 
     let (sender, receiver) = mpsc::channel::<Bytes>(64);
     let logs = container.logs.clone();
     tokio::spawn(async move {
-        for chunk in first {
-            if sender.send(chunk).await.is_err() {
-                return;
+        let start = match tail {
+            None => 0,
+            Some(count) => {
+                // Finding the tail may read the whole file, so it runs off
+                // the async workers.
+                let logs = logs.clone();
+                let scan = tokio::task::spawn_blocking(move || {
+                    logs.tail_start(count, end, |entry| selection.includes(entry))
+                });
+                match scan.await {
+                    Ok(start) => start,
+                    Err(error) => {
+                        tracing::warn!(%error, "failed to find the tail of a log");
+                        return;
+                    }
+                }
             }
+        };
+        if !send_range(&logs, &selection, &sender, start, end).await {
+            return;
         }
+        let mut position = end;
         let mut live = live;
         while follow && live {
             if changes.changed().await.is_err() {
                 return;
             }
-            let (entries, next, still_live) = logs.read_from(position);
-            position = next;
-            live = still_live;
-            for entry in entries.iter().filter(|entry| selection.includes(entry)) {
-                if sender.send(selection.render(entry)).await.is_err() {
-                    return;
-                }
+            match send_new(&logs, &selection, &sender, &mut position).await {
+                Some(still_live) => live = still_live,
+                None => return,
             }
         }
     });
-    let content_type = if record.config.tty.unwrap_or(false) { RAW } else { MULTIPLEXED };
+    let content_type = if record.config.tty.unwrap_or(false) {
+        RAW
+    } else {
+        MULTIPLEXED
+    };
     let stream = ReceiverStream::new(receiver).map(Ok::<Bytes, std::io::Error>);
     Ok(streaming(content_type, Body::from_stream(stream)))
 }
@@ -154,22 +223,18 @@ fn attach_output(
         log_changes.borrow_and_update();
         state_changes.borrow_and_update();
         let exits_at_attach = container.record().state.exits;
-        let (backlog, mut position, _) = container.logs.read_from(0);
-        if include_logs {
-            for entry in backlog.iter().filter(|entry| selection.includes(entry)) {
-                if sender.send(selection.render(entry)).await.is_err() {
-                    return;
-                }
-            }
+        let logs = &container.logs;
+        let (mut position, _) = logs.snapshot();
+        if include_logs && !send_range(logs, &selection, &sender, 0, position).await {
+            return;
         }
         while stream {
             let exited = container.record().state.exits > exits_at_attach;
-            let (entries, next, _) = container.logs.read_from(position);
-            position = next;
-            for entry in entries.iter().filter(|entry| selection.includes(entry)) {
-                if sender.send(selection.render(entry)).await.is_err() {
-                    return;
-                }
+            if send_new(logs, &selection, &sender, &mut position)
+                .await
+                .is_none()
+            {
+                return;
             }
             if exited {
                 return;

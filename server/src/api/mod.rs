@@ -4,15 +4,20 @@
 //! Docker's JSON. Errors render themselves as `{"message": ...}` with
 //! Docker's status codes.
 
+mod archive;
 mod containers;
+mod events;
 mod exec;
 mod images;
 mod logs;
 mod networks;
+mod operations;
 mod query;
 mod render;
+mod stats;
 mod streams;
 mod system;
+mod volumes;
 
 use std::sync::Arc;
 
@@ -57,6 +62,7 @@ impl From<Error> for ApiError {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotModified => StatusCode::NOT_MODIFIED,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -106,6 +112,15 @@ pub fn router(daemon: AppState) -> Router {
         .route("/info", get(system::info))
         .route("/images/create", post(images::create))
         .route("/images/json", get(images::list))
+        .route("/images/prune", post(operations::prune_images))
+        .route("/events", get(events::events))
+        .route("/containers/prune", post(operations::prune_containers))
+        .route("/containers/{id}/stats", get(stats::stats))
+        .route("/containers/{id}/top", get(stats::top))
+        .route("/containers/{id}/rename", post(operations::rename))
+        .route("/containers/{id}/resize", post(operations::resize))
+        .route("/containers/{id}/pause", post(operations::pause))
+        .route("/containers/{id}/unpause", post(operations::unpause))
         .route(
             "/images/{*name}",
             get(images::get_by_suffix).post(images::post_by_suffix).delete(images::remove),
@@ -121,15 +136,71 @@ pub fn router(daemon: AppState) -> Router {
         .route("/containers/{id}/logs", get(logs::logs))
         .route("/containers/{id}/attach", post(logs::attach))
         .route("/containers/{id}", axum::routing::delete(containers::remove))
+        .route(
+            "/containers/{id}/archive",
+            get(archive::get).head(archive::head).put(archive::put),
+        )
+        .route("/volumes", get(volumes::list))
+        .route("/volumes/create", post(volumes::create))
+        .route("/volumes/prune", post(volumes::prune))
+        .route("/volumes/{name}", get(volumes::inspect).delete(volumes::remove))
         .route("/containers/{id}/exec", post(exec::create))
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/json", get(exec::inspect))
         .route("/exec/{id}/resize", post(exec::resize))
         .route("/networks", get(networks::list))
-        .route("/networks/{id}", get(networks::inspect))
+        .route("/networks/create", post(networks::create))
+        .route("/networks/prune", post(networks::prune))
+        .route("/networks/{id}", get(networks::inspect).delete(networks::remove))
+        .route("/networks/{id}/connect", post(networks::connect))
+        .route("/networks/{id}/disconnect", post(networks::disconnect))
         .fallback(not_found)
         .with_state(daemon);
-    Router::new().fallback_service(routes).layer(axum::middleware::map_request(strip_version))
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::map_request(strip_version))
+        .layer(axum::middleware::map_request(reject_oversized_body))
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+}
+
+/// The largest JSON request body accepted. Docker sets no limit; this one
+/// only stops a runaway client from exhausting memory. Archive uploads are
+/// streamed and not subject to it.
+const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
+
+/// Rejects a JSON body whose announced length is over the limit before any
+/// of it is read. Archive uploads are exempt.
+async fn reject_oversized_body(request: Request) -> Result<Request, ApiError> {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let is_archive = request.uri().path().ends_with("/archive");
+    match length {
+        Some(length) if !is_archive && length > MAX_JSON_BODY as u64 => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {length} bytes is over the limit of {MAX_JSON_BODY} bytes"),
+        )),
+        _ => Ok(request),
+    }
+}
+
+/// Turns the plain-text rejections of axum's extractors (a body over the
+/// limit, a malformed path) into Docker's JSON errors.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !is_text {
+        return response;
+    }
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    ApiError::new(status, String::from_utf8_lossy(&bytes).trim().to_string()).into_response()
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -4,7 +4,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 use sidewhale_core::ImageRecord;
 
-use crate::runtime::model::{port_key_order, ContainerRecord, Status};
+use crate::runtime::health::HealthStatus;
+use crate::runtime::model::{port_key_order, ContainerRecord, MountType, State, Status};
+use crate::runtime::networks::EndpointRecord;
+use crate::runtime::volumes::LOCAL_DRIVER;
 
 /// Docker's zero time, shown for times that have not happened yet.
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -35,19 +38,32 @@ fn ports_map(record: &ContainerRecord) -> Value {
     Value::Object(ports)
 }
 
+/// Renders `Mounts` as Docker does: binds with `rprivate` propagation,
+/// volumes with their name and driver, and no entries for
+/// `HostConfig.Tmpfs`.
 fn mounts(record: &ContainerRecord) -> Value {
     record
         .mounts
         .iter()
+        .filter(|mount| !mount.hidden)
         .map(|mount| {
-            json!({
-                "Type": "bind",
+            let mut entry = json!({
+                "Type": mount.kind.as_str(),
                 "Source": mount.source,
                 "Destination": mount.destination,
-                "Mode": if mount.read_only { "ro" } else { "" },
+                "Mode": mount.mode,
                 "RW": !mount.read_only,
-                "Propagation": "rprivate",
-            })
+                "Propagation": "",
+            });
+            match mount.kind {
+                MountType::Bind => entry["Propagation"] = json!("rprivate"),
+                MountType::Volume => {
+                    entry["Name"] = json!(mount.name);
+                    entry["Driver"] = json!(LOCAL_DRIVER);
+                }
+                MountType::Tmpfs => entry["Source"] = json!(""),
+            }
+            entry
         })
         .collect()
 }
@@ -61,31 +77,87 @@ fn network_name(record: &ContainerRecord) -> String {
     }
 }
 
-/// Renders `NetworkSettings`. Containers share the host's network, so
-/// both their own address and their gateway are `127.0.0.1`: a client
-/// reaches a container port there directly, and a published port there
-/// through the port forwarder.
+/// Renders an endpoint on a built-in network, or the one network of a
+/// record written before endpoints were stored. Containers share the
+/// host's network, so both their own address and their gateway are
+/// `127.0.0.1`: a client reaches a container port there directly, and a
+/// published port there through the port forwarder.
+fn loopback_endpoint(record: &ContainerRecord, network_id: &str) -> Value {
+    let address = if record.state.running() { LOOPBACK } else { "" };
+    json!({
+        "IPAMConfig": null,
+        "Links": null,
+        "Aliases": null,
+        "NetworkID": network_id,
+        "EndpointID": "",
+        "Gateway": address,
+        "IPAddress": address,
+        "IPPrefixLen": if address.is_empty() { 0 } else { 8 },
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "MacAddress": "",
+        "DNSNames": null,
+    })
+}
+
+/// Renders an endpoint on a user-defined network. Like Docker, it shows
+/// the address, gateway and DNS names only while the container runs, and
+/// the aliases exactly as the client sent them.
+fn user_endpoint(record: &ContainerRecord, endpoint: &EndpointRecord) -> Value {
+    let running = record.state.running();
+    let shown = |value: String| if running { value } else { String::new() };
+    let aliases = (!endpoint.aliases.is_empty()).then(|| endpoint.aliases.clone());
+    let links = (!endpoint.links.is_empty()).then(|| endpoint.links.clone());
+    let dns_names = running.then(|| {
+        let mut names = vec![record.name.clone()];
+        names.extend(endpoint.aliases.iter().cloned());
+        names.push(record.short_id().to_string());
+        names
+    });
+    let address = endpoint
+        .ip_address
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    let gateway = endpoint
+        .gateway()
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    json!({
+        "IPAMConfig": null,
+        "Links": links,
+        "Aliases": aliases,
+        "MacAddress": shown(endpoint.mac_address()),
+        "DriverOpts": null,
+        "NetworkID": endpoint.network_id,
+        "EndpointID": shown(endpoint.endpoint_id.clone()),
+        "Gateway": shown(gateway),
+        "IPAddress": shown(address),
+        "IPPrefixLen": if running { 16 } else { 0 },
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": dns_names,
+    })
+}
+
+/// Renders `NetworkSettings`. The top-level address stays `127.0.0.1`
+/// while the container runs, whatever its networks, because that is where
+/// its ports are reachable.
 fn network_settings(record: &ContainerRecord) -> Value {
     let address = if record.state.running() { LOOPBACK } else { "" };
     let mut networks = Map::new();
-    networks.insert(
-        network_name(record),
-        json!({
-            "IPAMConfig": null,
-            "Links": null,
-            "Aliases": null,
-            "NetworkID": network_name(record),
-            "EndpointID": "",
-            "Gateway": address,
-            "IPAddress": address,
-            "IPPrefixLen": if address.is_empty() { 0 } else { 8 },
-            "IPv6Gateway": "",
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
-            "MacAddress": "",
-            "DNSNames": null,
-        }),
-    );
+    if record.networks.is_empty() {
+        let name = network_name(record);
+        networks.insert(name.clone(), loopback_endpoint(record, &name));
+    }
+    for (name, endpoint) in &record.networks {
+        let value = match endpoint.ip_address {
+            Some(_) => user_endpoint(record, endpoint),
+            None => loopback_endpoint(record, &endpoint.network_id),
+        };
+        networks.insert(name.clone(), value);
+    }
     json!({
         "Bridge": "",
         "SandboxID": "",
@@ -120,19 +192,13 @@ pub fn container_inspect(record: &ContainerRecord, rootfs: &str, log_path: &str)
         "Created": time(Some(record.created)),
         "Path": argv.first().cloned().unwrap_or_default(),
         "Args": argv.iter().skip(1).collect::<Vec<_>>(),
-        "State": {
-            "Status": state.status.as_str(),
-            "Running": state.running(),
-            "Paused": false,
+        "State": state_json(state),
             "Restarting": false,
             "OOMKilled": false,
             "Dead": false,
             "Pid": state.pid,
             "ExitCode": state.exit_code,
             "Error": state.error,
-            "StartedAt": time(state.started_at),
-            "FinishedAt": time(state.finished_at),
-        },
         "Image": record.image_id,
         "ResolvConfPath": "",
         "HostnamePath": "",
@@ -152,6 +218,44 @@ pub fn container_inspect(record: &ContainerRecord, rootfs: &str, log_path: &str)
         "Config": config,
         "NetworkSettings": network_settings(record),
     })
+}
+
+/// Renders inspect's `State`, with `Health` only for containers that have a
+/// health check and have started.
+fn state_json(state: &State) -> Value {
+    let mut value = json!({
+        "Status": state.status_name(),
+        "Running": state.running(),
+        "Paused": state.paused,
+        "Restarting": false,
+        "OOMKilled": false,
+        "Dead": false,
+        "Pid": state.pid,
+        "ExitCode": state.exit_code,
+        "Error": state.error,
+        "StartedAt": time(state.started_at),
+        "FinishedAt": time(state.finished_at),
+    });
+    if let Some(health) = &state.health {
+        let log: Vec<Value> = health
+            .log
+            .iter()
+            .map(|entry| {
+                json!({
+                    "Start": time(Some(entry.start)),
+                    "End": time(Some(entry.end)),
+                    "ExitCode": entry.exit_code,
+                    "Output": entry.output,
+                })
+            })
+            .collect();
+        value["Health"] = json!({
+            "Status": health.status.as_str(),
+            "FailingStreak": health.failing_streak,
+            "Log": log,
+        });
+    }
+    value
 }
 
 /// Formats a duration as Docker's `units.HumanDuration` does.
@@ -181,7 +285,17 @@ fn status_text(record: &ContainerRecord) -> String {
     };
     match record.state.status {
         Status::Created => "Created".into(),
-        Status::Running => format!("Up {}", human_duration(since(record.state.started_at))),
+        Status::Running => {
+            let up = format!("Up {}", human_duration(since(record.state.started_at)));
+            match (&record.state.health, record.state.paused) {
+                (_, true) => format!("{up} (Paused)"),
+                (Some(health), false) if health.status == HealthStatus::Starting => {
+                    format!("{up} (health: starting)")
+                }
+                (Some(health), false) => format!("{up} ({})", health.status.as_str()),
+                (None, false) => up,
+            }
+        }
         Status::Exited => format!(
             "Exited ({}) {} ago",
             record.state.exit_code,
@@ -220,7 +334,7 @@ pub fn container_summary(record: &ContainerRecord) -> Value {
         "Created": record.created.timestamp(),
         "Ports": ports,
         "Labels": record.config.labels.clone().unwrap_or_default(),
-        "State": record.state.status.as_str(),
+        "State": record.state.status_name(),
         "Status": status_text(record),
         "HostConfig": {"NetworkMode": network_name(record)},
         "NetworkSettings": {"Networks": network_settings(record)["Networks"].clone()},

@@ -141,7 +141,7 @@ pub async fn info(State(daemon): State<AppState>) -> impl IntoResponse {
         "Swarm": {"LocalNodeState": "inactive", "NodeID": "", "NodeAddr": ""},
         "LiveRestoreEnabled": false,
         "Isolation": "",
-        "SecurityOptions": [],
+        "SecurityOptions": [format!("name=netns,mode={}", daemon.isolation.mode())],
         "Warnings": [],
     });
     (api_headers(), Json(body))

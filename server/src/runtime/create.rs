@@ -8,15 +8,17 @@ use std::sync::Arc;
 
 use rand::Rng;
 use serde_json::Value;
-use sidewhale_core::{ImageConfig, ImageRecord, Mount, PortBinding, Protocol, Reference};
+use sidewhale_core::{ImageConfig, ImageRecord, PortBinding, Protocol, Reference};
 
-use super::model::{
-    ContainerConfig, ContainerRecord, CreateRequest, HostConfigRequest, State,
-};
-use super::{files, Container, Daemon, Error, Result};
+use super::model::{ContainerConfig, ContainerRecord, CreateRequest, HostConfigRequest, State};
+use super::{files, ryuk, Container, Daemon, Error, Result};
 
 /// Docker's runtime name; clients that send it mean "the default".
 const DOCKER_DEFAULT_RUNTIME: &str = "runc";
+
+/// The Docker socket paths that clients bind into containers, redirected
+/// to sidewhale's own socket.
+const DOCKER_SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/run/docker.sock"];
 
 impl Daemon {
     /// Creates a container and returns its id.
@@ -35,21 +37,30 @@ impl Daemon {
             .clone()
             .filter(|image| !image.is_empty())
             .ok_or_else(|| Error::InvalidParameter("config.Image is required".into()))?;
-        let image = self.images.get(&image_name).ok_or_else(|| {
-            let shown = Reference::parse(&image_name)
-                .map(|reference| reference.familiar())
-                .unwrap_or_else(|_| image_name.clone());
-            Error::NotFound(format!("No such image: {shown}"))
-        })?;
-
-        let host_config_value = request.host_config.clone().unwrap_or(Value::Null);
-        let host_config: HostConfigRequest = if host_config_value.is_null() {
-            HostConfigRequest::default()
+        validate_config(&request.config)?;
+        // Ryuk containers are served by sidewhale itself, without the image.
+        let is_ryuk = ryuk::is_ryuk_image(&image_name);
+        let image = if is_ryuk {
+            ryuk::image_record(&image_name)
         } else {
-            serde_json::from_value(host_config_value.clone()).map_err(|error| {
-                Error::InvalidParameter(format!("invalid HostConfig: {error}"))
+            self.images.get(&image_name).ok_or_else(|| match Reference::parse(&image_name) {
+                Ok(reference) => {
+                    Error::NotFound(format!("No such image: {}", reference.familiar()))
+                }
+                Err(error) => Error::InvalidParameter(error.to_string()),
             })?
         };
+
+        let host_config_value = request.host_config.clone().unwrap_or(Value::Null);
+        let mut host_config: HostConfigRequest = if host_config_value.is_null() {
+            HostConfigRequest::default()
+        } else {
+            serde_json::from_value(host_config_value.clone())
+                .map_err(|error| Error::InvalidParameter(format!("invalid HostConfig: {error}")))?
+        };
+        self.redirect_docker_socket(&mut host_config)?;
+        let endpoints =
+            self.plan_endpoints(&host_config_value, request.networking_config.as_ref())?;
 
         let config = merge_image_config(request.config, &image.config);
         if config.entrypoint.as_ref().is_none_or(Vec::is_empty)
@@ -61,7 +72,11 @@ impl Daemon {
         if host_config.publish_all_ports.unwrap_or(false) {
             publish_all(&config, &mut port_bindings)?;
         }
-        let runtime = self.choose_runtime(&host_config, &image_name)?;
+        let runtime = if is_ryuk {
+            ryuk::RUNTIME.to_string()
+        } else {
+            self.choose_runtime(&host_config, &image_name)?
+        };
 
         let mut record = ContainerRecord {
             id: String::new(),
@@ -78,9 +93,13 @@ impl Daemon {
             state: State::created(),
             ports: Vec::new(),
             restart_count: 0,
+            networks: BTreeMap::new(),
         };
         let (id, dir) = self.reserve(&mut record)?;
-        let result = self.lay_out(&dir, &image, &mut record, &host_config).await;
+        let result = match is_ryuk {
+            true => Ok(()),
+            false => self.lay_out(&dir, &image, &mut record, &host_config).await,
+        };
         if let Err(error) = result {
             self.write_containers().remove(&id);
             let _ = self.images.remove_rootfs(&dir);
@@ -89,10 +108,18 @@ impl Daemon {
 
         let container = self.container(&id)?;
         container.update(|stored| *stored = record);
-        let spec = self.container_spec(&container);
-        let executor = self.executor(&container.record().runtime)?;
-        executor.prepare(&spec).await?;
+        if let Err(error) = self.attach_planned(&container, endpoints) {
+            self.write_containers().remove(&id);
+            let _ = self.images.remove_rootfs(&dir);
+            return Err(error);
+        }
+        if !is_ryuk {
+            let spec = self.container_spec(&container);
+            let executor = self.executor(&container.record().runtime)?;
+            executor.prepare(&spec).await?;
+        }
         tracing::info!(container = %&id[..12], name = %container.record().name, "created container");
+        self.container_event(&container.record(), "create", &[]);
         Ok(id)
     }
 
@@ -137,50 +164,60 @@ impl Daemon {
             .map_err(|error| Error::internal("rootfs task failed", error))??;
         files::write_network_files(dir, record)
             .map_err(|error| Error::internal("failed to write /etc files", error))?;
-        record.mounts = self.parse_binds(host_config)?;
+        let mut volumes: Vec<String> = image
+            .config
+            .volumes
+            .iter()
+            .flatten()
+            .map(|(path, _)| path.clone())
+            .collect();
+        volumes.extend(
+            record
+                .config
+                .volumes
+                .iter()
+                .flatten()
+                .map(|(path, _)| path.clone()),
+        );
+        record.mounts = self.create_mounts(&record.id, dir, host_config, &volumes)?;
         Ok(())
     }
 
-    /// Turns `HostConfig.Binds` into mounts. A source that is not an
-    /// absolute path names a volume, kept under the state directory.
-    fn parse_binds(&self, host_config: &HostConfigRequest) -> Result<Vec<Mount>> {
-        let mut mounts = Vec::new();
-        for bind in host_config.binds.iter().flatten() {
-            let parts: Vec<&str> = bind.split(':').collect();
-            let (source, destination, options) = match parts.as_slice() {
-                [source, destination] => (*source, *destination, ""),
-                [source, destination, options] => (*source, *destination, *options),
-                _ => {
-                    return Err(Error::InvalidParameter(format!(
-                        "invalid volume specification: '{bind}'"
-                    )))
-                }
-            };
-            if !destination.starts_with('/') {
+    /// Points binds of the Docker socket at sidewhale's own socket, so that
+    /// a container that drives Docker through it reaches this server.
+    /// Rejects a source that is a URL, such as `tcp://…`, as Docker does.
+    fn redirect_docker_socket(&self, host_config: &mut HostConfigRequest) -> Result<()> {
+        let own = self.config.unix_socket();
+        let is_docker_socket =
+            |source: &str| DOCKER_SOCKETS.contains(&source) || Path::new(source) == own;
+        for bind in host_config.binds.iter_mut().flatten() {
+            if bind.contains("://") {
                 return Err(Error::InvalidParameter(format!(
-                    "invalid volume specification: '{bind}': mount path must be absolute"
+                    "invalid volume specification: '{bind}'"
                 )));
             }
-            let source = if source.starts_with('/') {
-                PathBuf::from(source)
-            } else {
-                let path = self.config.state_dir.join("volumes").join(source).join("_data");
-                std::fs::create_dir_all(&path)
-                    .map_err(|error| Error::internal("failed to create volume", error))?;
-                path
+            let Some((source, rest)) = bind.split_once(':') else {
+                continue;
             };
-            if !source.exists() {
-                std::fs::create_dir_all(&source).map_err(|error| {
-                    Error::InvalidParameter(format!(
-                        "invalid mount config: bind source path does not exist: {}: {error}",
-                        source.display()
-                    ))
-                })?;
+            if is_docker_socket(source) {
+                tracing::debug!(bind = %bind, socket = %own.display(), "redirecting a Docker socket bind");
+                *bind = format!("{}:{rest}", own.display());
             }
-            let read_only = options.split(',').any(|option| option == "ro");
-            mounts.push(Mount { source, destination: destination.to_string(), read_only });
         }
-        Ok(mounts)
+        for mount in host_config.mounts.iter_mut().flatten() {
+            let Some(source) = mount.source.as_mut() else {
+                continue;
+            };
+            if source.contains("://") {
+                return Err(Error::InvalidParameter(format!(
+                    "invalid mount config for type \"bind\": invalid volume specification: '{source}'"
+                )));
+            }
+            if mount.kind.as_deref() == Some("bind") && is_docker_socket(source) {
+                *source = own.display().to_string();
+            }
+        }
+        Ok(())
     }
 
     /// Chooses the executor: the request's `Runtime`, then the first
@@ -206,8 +243,8 @@ impl Daemon {
     /// Generates a Docker-style `adjective_surname` name not yet in use.
     fn unused_name(&self) -> String {
         const ADJECTIVES: &[&str] = &[
-            "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid",
-            "merry", "nimble", "quiet", "sharp", "swift", "tender", "vivid", "wise", "zealous",
+            "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+            "nimble", "quiet", "sharp", "swift", "tender", "vivid", "wise", "zealous",
         ];
         const SURNAMES: &[&str] = &[
             "babbage", "curie", "darwin", "euler", "faraday", "gauss", "hopper", "kepler",
@@ -228,7 +265,47 @@ impl Daemon {
     }
 }
 
-fn validate_name(name: &str) -> Result<String> {
+/// Rejects what Docker rejects at create rather than at start: a stop
+/// signal it cannot parse, a relative working directory, an environment
+/// entry without a name, and NUL bytes, which no process argument can hold.
+fn validate_config(config: &ContainerConfig) -> Result<()> {
+    if let Some(signal) = config.stop_signal.as_deref().filter(|signal| !signal.is_empty()) {
+        super::parse_signal(signal)?;
+    }
+    super::health::parse(config)?;
+    if let Some(dir) = config.working_dir.as_deref().filter(|dir| !dir.is_empty()) {
+        if !dir.starts_with('/') {
+            return Err(Error::InvalidParameter(format!(
+                "the working directory '{dir}' is invalid, it needs to be an absolute path"
+            )));
+        }
+    }
+    for entry in config.env.iter().flatten() {
+        if entry.is_empty() || entry.starts_with('=') {
+            return Err(Error::InvalidParameter(format!(
+                "invalid environment variable: {entry:?}"
+            )));
+        }
+    }
+    let strings = config
+        .cmd
+        .iter()
+        .chain(config.entrypoint.iter())
+        .chain(config.env.iter())
+        .flatten()
+        .chain(config.working_dir.iter())
+        .chain(config.user.iter());
+    for text in strings {
+        if text.contains('\0') {
+            return Err(Error::InvalidParameter(format!(
+                "invalid argument {text:?}: contains a NUL byte"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn validate_name(name: &str) -> Result<String> {
     let name = name.strip_prefix('/').unwrap_or(name);
     let mut chars = name.chars();
     let first_valid = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
@@ -325,11 +402,18 @@ fn parse_port_bindings(host_config: &HostConfigRequest) -> Result<Vec<PortBindin
                     // and sidewhale takes its first port.
                     let first = text.split('-').next().unwrap_or(text);
                     first.parse::<u16>().map_err(|_| {
-                        Error::InvalidParameter(format!("invalid host port in port binding: {text}"))
+                        Error::InvalidParameter(format!(
+                            "invalid host port in port binding: {text}"
+                        ))
                     })?
                 }
             };
-            bindings.push(PortBinding { container_port, protocol, host_ip, host_port });
+            bindings.push(PortBinding {
+                container_port,
+                protocol,
+                host_ip,
+                host_port,
+            });
         }
     }
     Ok(bindings)
@@ -340,9 +424,9 @@ fn parse_port_bindings(host_config: &HostConfigRequest) -> Result<Vec<PortBindin
 fn publish_all(config: &ContainerConfig, bindings: &mut Vec<PortBinding>) -> Result<()> {
     for key in config.exposed_ports.iter().flat_map(|ports| ports.keys()) {
         let (container_port, protocol) = parse_port_key(key)?;
-        let bound = bindings
-            .iter()
-            .any(|binding| binding.container_port == container_port && binding.protocol == protocol);
+        let bound = bindings.iter().any(|binding| {
+            binding.container_port == container_port && binding.protocol == protocol
+        });
         if !bound {
             bindings.push(PortBinding {
                 container_port,
@@ -366,12 +450,18 @@ fn filled_host_config(value: Value, runtime: &str) -> Value {
     let defaults = [
         ("NetworkMode", serde_json::json!("default")),
         ("PortBindings", serde_json::json!({})),
-        ("RestartPolicy", serde_json::json!({"Name": "no", "MaximumRetryCount": 0})),
+        (
+            "RestartPolicy",
+            serde_json::json!({"Name": "no", "MaximumRetryCount": 0}),
+        ),
         ("AutoRemove", serde_json::json!(false)),
         ("Privileged", serde_json::json!(false)),
         ("PublishAllPorts", serde_json::json!(false)),
         ("Binds", Value::Null),
-        ("LogConfig", serde_json::json!({"Type": "json-file", "Config": {}})),
+        (
+            "LogConfig",
+            serde_json::json!({"Type": "json-file", "Config": {}}),
+        ),
     ];
     for (key, default) in defaults {
         let entry = object.entry(key).or_insert(Value::Null);
@@ -404,7 +494,10 @@ mod tests {
 
     #[test]
     fn merge_request_cmd_replaces_only_cmd() {
-        let request = ContainerConfig { cmd: Some(vec!["x".into()]), ..Default::default() };
+        let request = ContainerConfig {
+            cmd: Some(vec!["x".into()]),
+            ..Default::default()
+        };
         let merged = merge_image_config(request, &image_config());
         assert_eq!(merged.entrypoint.unwrap(), vec!["docker-entrypoint.sh"]);
         assert_eq!(merged.cmd.unwrap(), vec!["x"]);
@@ -412,7 +505,10 @@ mod tests {
 
     #[test]
     fn merge_request_entrypoint_drops_image_cmd() {
-        let request = ContainerConfig { entrypoint: Some(vec!["sh".into()]), ..Default::default() };
+        let request = ContainerConfig {
+            entrypoint: Some(vec!["sh".into()]),
+            ..Default::default()
+        };
         let merged = merge_image_config(request, &image_config());
         assert_eq!(merged.entrypoint.unwrap(), vec!["sh"]);
         assert!(merged.cmd.is_none());
@@ -420,7 +516,10 @@ mod tests {
 
     #[test]
     fn merge_env_request_wins() {
-        let request = ContainerConfig { env: Some(vec!["A=2".into()]), ..Default::default() };
+        let request = ContainerConfig {
+            env: Some(vec!["A=2".into()]),
+            ..Default::default()
+        };
         let merged = merge_image_config(request, &image_config());
         assert_eq!(merged.env.unwrap(), vec!["PATH=/usr/bin", "A=2"]);
     }
@@ -433,8 +532,12 @@ mod tests {
         .unwrap();
         let bindings = parse_port_bindings(&host_config).unwrap();
         assert_eq!(bindings.len(), 2);
-        assert!(bindings.iter().any(|b| b.container_port == 6379 && b.host_port == 0));
-        assert!(bindings.iter().any(|b| b.container_port == 80 && b.host_port == 8080));
+        assert!(bindings
+            .iter()
+            .any(|b| b.container_port == 6379 && b.host_port == 0));
+        assert!(bindings
+            .iter()
+            .any(|b| b.container_port == 80 && b.host_port == 8080));
     }
 
     #[test]

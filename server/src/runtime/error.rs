@@ -10,6 +10,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     InvalidParameter(String),
+    /// The operation is not allowed in the current state (HTTP 403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The container is already in the requested state (HTTP 304).
     #[error("container is already in the requested state")]
     NotModified,
@@ -36,7 +39,11 @@ impl From<ImageError> for Error {
                 Error::NotFound(error.to_string())
             }
             ImageError::NoMatchingPlatform { .. } => Error::NotFound(error.to_string()),
-            ImageError::Reference(_) => Error::InvalidParameter(error.to_string()),
+            // A stored layer that cannot be stacked is a bad image, which
+            // pulling it again or another image fixes, not a daemon fault.
+            ImageError::Reference(_) | ImageError::InvalidLayer { .. } => {
+                Error::InvalidParameter(error.to_string())
+            }
             ImageError::Conflict(_) => Error::Conflict(error.to_string()),
             _ => Error::Internal(error.to_string()),
         }

@@ -60,6 +60,12 @@ impl ExecInstance {
         *self.control.lock().unwrap_or_else(|poison| poison.into_inner()) = None;
     }
 
+    /// Returns the command as Docker's exec events show it, joined by
+    /// spaces.
+    pub fn command_line(&self) -> String {
+        self.config.cmd.clone().unwrap_or_default().join(" ")
+    }
+
     pub fn resize(&self, rows: u16, columns: u16) -> Result<()> {
         let control = self.control.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
         match control {
@@ -83,6 +89,12 @@ impl Daemon {
         if !record.state.running() {
             return Err(Error::Conflict(format!("Container {} is not running", record.id)));
         }
+        if record.state.paused {
+            return Err(Error::Conflict(format!(
+                "Container {} is paused, unpause the container before exec",
+                record.id
+            )));
+        }
         if config.cmd.as_ref().is_none_or(Vec::is_empty) {
             return Err(Error::InvalidParameter("No exec command specified".into()));
         }
@@ -94,8 +106,19 @@ impl Daemon {
             state: Mutex::new(ExecState::default()),
             control: Mutex::new(None),
         };
+        let action = format!("exec_create: {}", instance.command_line());
         self.lock_execs().insert(id.clone(), Arc::new(instance));
+        self.container_event(&record, &action, &[("execID", id.clone())]);
         Ok(id)
+    }
+
+    /// Records the exit of an exec's process and publishes `exec_die`.
+    pub fn finish_exec(&self, exec: &ExecInstance, exit_code: i64) {
+        exec.finish(exit_code);
+        if let Ok(container) = self.container(&exec.container_id) {
+            let attributes = [("execID", exec.id.clone()), ("exitCode", exit_code.to_string())];
+            self.container_event(&container.record(), "exec_die", &attributes);
+        }
     }
 
     fn lock_execs(&self) -> MutexGuard<'_, std::collections::HashMap<String, Arc<ExecInstance>>> {
@@ -122,7 +145,12 @@ impl Daemon {
         {
             let mut state = exec.lock();
             if state.started {
-                return Err(Error::Conflict(format!("Exec command {} is already running", exec.id)));
+                let message = if state.running {
+                    format!("Exec command {} is already running", exec.id)
+                } else {
+                    format!("Exec command {} has already run", exec.id)
+                };
+                return Err(Error::Conflict(message));
             }
             if !record.state.running() {
                 return Err(Error::Conflict(format!("Container {} is not running", record.id)));
@@ -159,6 +187,8 @@ impl Daemon {
                 exec.lock().pid = started.control.pid().unwrap_or(0);
                 *exec.control.lock().unwrap_or_else(|poison| poison.into_inner()) =
                     Some(started.control.clone());
+                let action = format!("exec_start: {}", exec.command_line());
+                self.container_event(&record, &action, &[("execID", exec.id.clone())]);
                 Ok(ExecStart::Running(started))
             }
             Err(error) => {
@@ -168,7 +198,7 @@ impl Daemon {
                     _ => 126,
                 };
                 tracing::info!(exec = %&exec.id[..12], %error, exit_code, "exec failed to start");
-                exec.finish(exit_code);
+                self.finish_exec(exec, exit_code);
                 let message = format!(
                     "OCI runtime exec failed: exec failed: unable to start container process: {error}\r\n"
                 );

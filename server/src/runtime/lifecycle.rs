@@ -1,6 +1,5 @@
 //! Starting, stopping, killing, waiting for and removing containers.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use tokio::sync::watch;
 
 use super::logs::Stream;
 use super::model::Status;
-use super::{files, parse_signal, Container, Daemon, Error, Result};
+use super::{files, parse_signal, ryuk, Container, Daemon, Error, Result};
 
 /// Docker's default grace period before `stop` kills.
 const DEFAULT_STOP_TIMEOUT: i64 = 10;
@@ -57,6 +56,7 @@ impl Daemon {
                 open_stdin: record.config.open_stdin.unwrap_or(false),
             },
             mounts: files::mounts(&container.dir, &record),
+            network: self.isolation.namespace(&record.id),
         }
     }
 
@@ -75,26 +75,49 @@ impl Daemon {
             }
             Status::Created | Status::Exited => {}
         }
+        if record.runtime == ryuk::RUNTIME {
+            self.start_ryuk(container).await?;
+            self.container_event(&container.record(), "start", &[]);
+            return Ok(());
+        }
         let executor = self.executor(&record.runtime)?;
-        let spec = self.container_spec(container);
+        let mut spec = self.container_spec(container);
         std::fs::create_dir_all(&spec.runtime_dir)
             .map_err(|error| Error::internal("failed to create the runtime directory", error))?;
 
+        let target = self
+            .isolation
+            .attach(&record, &spec.runtime_dir, executor.as_ref())
+            .await;
+        let target = match target {
+            Ok(target) => target,
+            Err(error) => {
+                let error = ExecutorError::io("create the container's network namespace", error);
+                return Err(self.record_start_failure(container, error));
+            }
+        };
+        spec.network = self.isolation.namespace(&record.id);
+
         let published = self
             .forwarder
-            .publish(&record.id, IpAddr::V4(Ipv4Addr::LOCALHOST), &record.port_bindings)
-            .await
-            .map_err(|error| {
-                Error::Internal(format!(
+            .publish_to(&record.id, &target, &record.port_bindings)
+            .await;
+        let published = match published {
+            Ok(published) => published,
+            Err(error) => {
+                self.isolation.detach(&record.id).await;
+                return Err(Error::Internal(format!(
                     "driver failed programming external connectivity on endpoint {}: {error}",
                     record.name
-                ))
-            })?;
+                )));
+            }
+        };
 
         let mut process = match executor.start(&spec).await {
             Ok(process) => process,
             Err(error) => {
                 self.forwarder.unpublish(&record.id).await;
+                self.isolation.detach(&record.id).await;
                 return Err(self.record_start_failure(container, error));
             }
         };
@@ -105,15 +128,22 @@ impl Daemon {
         // so it must be in place before that.
         container.set_stdin(process.stdin.take());
         let pid = process.control.pid().unwrap_or(0);
+        let group_leader = process.control.group_leader().and_then(|leader| {
+            super::orphans::start_time(leader).map(|start| (leader, start))
+        });
         container.update(|record| {
             record.state.status = Status::Running;
             record.state.pid = pid;
             record.state.exit_code = 0;
             record.state.error.clear();
             record.state.started_at = Some(chrono::Utc::now());
+            record.state.group_leader = group_leader;
+            record.state.paused = false;
             record.ports = published;
         });
         tracing::info!(container = %&record.id[..12], pid, runtime = %record.runtime, "started container");
+        self.container_event(&container.record(), "start", &[]);
+        self.start_health_monitor(container);
         tokio::spawn(self.clone().supervise(container.clone(), process));
         Ok(())
     }
@@ -136,21 +166,32 @@ impl Daemon {
             record.state.exits += 1;
         });
         match error {
-            ExecutorError::Unavailable { .. } | ExecutorError::Io { .. } | ExecutorError::Other(_) => {
-                Error::Internal(message)
-            }
+            ExecutorError::Unavailable { .. }
+            | ExecutorError::Io { .. }
+            | ExecutorError::Other(_) => Error::Internal(message),
             _ => Error::InvalidParameter(message),
         }
     }
 
     /// Collects the output of the main process, then records its exit.
-    async fn supervise(self: Arc<Self>, container: Arc<Container>, process: Process) {
-        let Process { stdout, stderr, control, exit, .. } = process;
+    pub(super) async fn supervise(self: Arc<Self>, container: Arc<Container>, process: Process) {
+        let Process {
+            stdout,
+            stderr,
+            control,
+            exit,
+            ..
+        } = process;
+        tokio::spawn(record_main_pid(container.clone(), control.clone()));
         let stdout_logs = container.logs.clone();
-        let mut pumps = vec![tokio::spawn(async move { stdout_logs.pump(Stream::Stdout, stdout).await })];
+        let mut pumps = vec![tokio::spawn(async move {
+            stdout_logs.pump(Stream::Stdout, stdout).await
+        })];
         if let Some(stderr) = stderr {
             let stderr_logs = container.logs.clone();
-            pumps.push(tokio::spawn(async move { stderr_logs.pump(Stream::Stderr, stderr).await }));
+            pumps.push(tokio::spawn(async move {
+                stderr_logs.pump(Stream::Stderr, stderr).await
+            }));
         }
 
         let status = exit.await;
@@ -158,7 +199,10 @@ impl Daemon {
             tracing::warn!(container = %&container.id[..12], %error, "failed to kill leftover processes");
         }
         for pump in pumps {
-            if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, pump).await.is_err() {
+            if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, pump)
+                .await
+                .is_err()
+            {
                 tracing::warn!(container = %&container.id[..12], "output still open after exit, abandoning it");
             }
         }
@@ -168,6 +212,7 @@ impl Daemon {
     async fn finish(self: &Arc<Self>, container: &Arc<Container>, status: ExitStatus) {
         let record = container.record();
         self.forwarder.unpublish(&record.id).await;
+        self.isolation.detach(&record.id).await;
         container.set_control(None);
         container.set_stdin(None);
         container.logs.set_live(false);
@@ -177,9 +222,11 @@ impl Daemon {
             record.state.pid = 0;
             record.state.finished_at = Some(chrono::Utc::now());
             record.state.exits += 1;
+            record.state.paused = false;
             record.ports.clear();
         });
         tracing::info!(container = %&record.id[..12], ?status, exit_code = status.code(), "container exited");
+        self.container_event(&record, "die", &[("exitCode", status.code().to_string())]);
 
         if let Ok(executor) = self.executor(&record.runtime) {
             if let Err(error) = executor.cleanup(&self.container_spec(container)).await {
@@ -187,8 +234,12 @@ impl Daemon {
             }
         }
         if record.auto_remove {
-            if let Err(error) = self.remove_container(container, true).await {
-                tracing::warn!(container = %&record.id[..12], %error, "failed to auto-remove container");
+            // Docker's AutoRemove also removes anonymous volumes.
+            match self.remove_container(container, true).await {
+                Ok(()) => self.remove_anonymous_volumes(&record),
+                Err(error) => {
+                    tracing::warn!(container = %&record.id[..12], %error, "failed to auto-remove container");
+                }
             }
         }
     }
@@ -208,37 +259,46 @@ impl Daemon {
             Some(signal) if !signal.is_empty() => parse_signal(signal)?,
             _ => libc::SIGTERM,
         };
-        let timeout = timeout.or(record.config.stop_timeout).unwrap_or(DEFAULT_STOP_TIMEOUT);
+        let timeout = timeout
+            .or(record.config.stop_timeout)
+            .unwrap_or(DEFAULT_STOP_TIMEOUT);
         let changes = container.subscribe();
         let Some(control) = container.control() else {
             return Err(Error::NotModified);
         };
         tracing::info!(container = %&record.id[..12], signal, timeout, "stopping container");
+        self.resume_if_paused(container).await;
 
         if timeout != 0 {
+            self.container_event(&record, "kill", &[("signal", signal.to_string())]);
             control.signal(signal)?;
         }
         // A negative timeout waits for as long as the process takes.
         let grace = u64::try_from(timeout).ok().map(Duration::from_secs);
         if !wait_until_stopped(container, changes.clone(), grace).await {
             tracing::info!(container = %&record.id[..12], "grace period over, killing container");
+            self.container_event(&record, "kill", &[("signal", libc::SIGKILL.to_string())]);
             control.kill_all()?;
             wait_until_stopped(container, changes, Some(Duration::from_secs(30))).await;
         }
+        self.container_event(&record, "stop", &[]);
         Ok(())
     }
 
     /// Delivers a signal to the main process.
-    pub fn kill_container(&self, container: &Container, signal: Option<&str>) -> Result<()> {
+    pub async fn kill_container(&self, container: &Container, signal: Option<&str>) -> Result<()> {
         let record = container.record();
         let signal = match signal {
             Some(signal) if !signal.is_empty() => parse_signal(signal)?,
             _ => libc::SIGKILL,
         };
-        let control = container.control().filter(|_| record.state.running()).ok_or_else(|| {
-            Error::Conflict(format!("Container {} is not running", record.id))
-        })?;
+        let control = container
+            .control()
+            .filter(|_| record.state.running())
+            .ok_or_else(|| Error::Conflict(format!("Container {} is not running", record.id)))?;
         tracing::info!(container = %&record.id[..12], signal, "signalling container");
+        self.resume_if_paused(container).await;
+        self.container_event(&record, "kill", &[("signal", signal.to_string())]);
         if signal == libc::SIGKILL {
             control.kill_all()?;
         } else {
@@ -259,6 +319,7 @@ impl Daemon {
                 )));
             }
             let changes = container.subscribe();
+            self.resume_if_paused(container).await;
             if let Some(control) = container.control() {
                 control.kill_all()?;
             }
@@ -281,13 +342,20 @@ impl Daemon {
         }
         self.write_containers().remove(&record.id);
         self.remove_execs_of(&record.id);
+        // The names of the removed container leave its peers' hosts files.
+        self.write_hosts_files();
         container.changes.send_modify(|version| *version += 1);
         tracing::info!(container = %&record.id[..12], "removed container");
+        self.container_event(&record, "destroy", &[]);
         Ok(())
     }
 
     /// Waits for `condition` and returns the exit code.
-    pub async fn wait_container(&self, container: &Arc<Container>, condition: WaitCondition) -> i64 {
+    pub async fn wait_container(
+        &self,
+        container: &Arc<Container>,
+        condition: WaitCondition,
+    ) -> i64 {
         let mut changes = container.subscribe();
         let initial_exits = container.record().state.exits;
         loop {
@@ -344,4 +412,26 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Saves the main process's pid and start time once the executor knows
+/// them, so that a restarted sidewhale can kill what a crash left running.
+async fn record_main_pid(
+    container: Arc<Container>,
+    control: Arc<dyn sidewhale_core::ProcessControl>,
+) {
+    for _ in 0..100 {
+        if let Some(pid) = control.pid() {
+            let start = super::orphans::start_time(pid);
+            container.update(|record| {
+                if record.state.running() {
+                    record.state.pid = pid;
+                    record.state.process_start = start;
+                }
+            });
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!(container = %&container.id[..12], "main process pid not known after 2 s");
 }

@@ -1,14 +1,27 @@
 //! The daemon: containers, execs and their lifecycles, independent of HTTP.
 
+pub mod archive;
 mod create;
 pub mod error;
+pub mod events;
 pub mod exec;
+pub mod extract;
 mod files;
+pub mod health;
+pub mod isolation;
 mod lifecycle;
+mod orphans;
 pub mod logs;
 pub mod model;
+mod mounts;
+pub mod networks;
+mod pause;
 pub mod ports;
+pub mod processes;
+pub mod prune;
+pub mod ryuk;
 mod signals;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use sidewhale_config::Config;
 use sidewhale_core::executor::BoxedWriter;
-use sidewhale_core::{Executor, PortForwarder, ProcessControl, Probe};
+use sidewhale_core::{Executor, PortForwarder, Probe, ProcessControl};
 use sidewhale_images::ImageStore;
 use tokio::sync::watch;
 
@@ -61,12 +74,23 @@ impl Container {
     fn lock(&self) -> MutexGuard<'_, ContainerRecord> {
         // The record is plain data that every writer leaves consistent, so
         // a lock poisoned by a panic elsewhere is still safe to use.
-        self.record.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.record
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Returns a copy of the container's record.
+    /// Returns a copy of the container's record. The executor may learn
+    /// the main process's pid only after start returned, so a missing pid
+    /// is filled in from the running process.
     pub fn record(&self) -> ContainerRecord {
-        self.lock().clone()
+        let mut record = self.lock().clone();
+        if record.state.running() && record.state.pid == 0 {
+            record.state.pid = self
+                .control()
+                .and_then(|control| control.pid())
+                .unwrap_or(0);
+        }
+        record
     }
 
     /// Changes the record, writes it to disk and wakes waiters.
@@ -88,15 +112,24 @@ impl Container {
     }
 
     fn control(&self) -> Option<Arc<dyn ProcessControl>> {
-        self.control.lock().unwrap_or_else(|poison| poison.into_inner()).clone()
+        self.control
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
     }
 
     fn set_control(&self, control: Option<Arc<dyn ProcessControl>>) {
-        *self.control.lock().unwrap_or_else(|poison| poison.into_inner()) = control;
+        *self
+            .control
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = control;
     }
 
     fn set_stdin(&self, stdin: Option<BoxedWriter>) {
-        *self.stdin.lock().unwrap_or_else(|poison| poison.into_inner()) = stdin;
+        *self
+            .stdin
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = stdin;
     }
 
     /// Gives back a stdin taken by an attach that ended, for the next one.
@@ -109,7 +142,10 @@ impl Container {
 
     /// Takes the main process's stdin, leaving none for a later attach.
     pub fn take_stdin(&self) -> Option<BoxedWriter> {
-        self.stdin.lock().unwrap_or_else(|poison| poison.into_inner()).take()
+        self.stdin
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -133,6 +169,10 @@ pub struct Daemon {
     containers: RwLock<HashMap<String, Arc<Container>>>,
     execs: Mutex<HashMap<String, Arc<ExecInstance>>>,
     containers_dir: PathBuf,
+    pub volumes: volumes::VolumeStore,
+    networks: networks::NetworkStore,
+    pub isolation: isolation::Isolation,
+    pub events: events::EventLog,
 }
 
 impl Daemon {
@@ -149,6 +189,9 @@ impl Daemon {
         // a unix socket created inside a rootfs must fit in 108 bytes.
         let containers_dir = config.state_dir.join("c");
         std::fs::create_dir_all(&containers_dir)?;
+        let volumes = volumes::VolumeStore::open(config.state_dir.join("volumes"))?;
+        let networks = networks::NetworkStore::open(config.state_dir.join("networks"))?;
+        let isolation = isolation::Isolation::new(config.network.isolation)?;
         let daemon = Daemon {
             config,
             images,
@@ -157,6 +200,10 @@ impl Daemon {
             containers: RwLock::new(HashMap::new()),
             execs: Mutex::new(HashMap::new()),
             containers_dir,
+            volumes,
+            networks,
+            isolation,
+            events: events::EventLog::default(),
         };
         daemon.load_containers()?;
         Ok(Arc::new(daemon))
@@ -178,6 +225,7 @@ impl Daemon {
                 }
             };
             if matches!(record.state.status, Status::Running | Status::Removing) {
+                orphans::kill_leftover(record.short_id(), &record.state);
                 record.state.status = Status::Exited;
                 record.state.exit_code = 255;
                 record.state.pid = 0;
@@ -189,17 +237,22 @@ impl Daemon {
             }
             tracing::info!(container = %record.short_id(), name = %record.name, "loaded container");
             let container = Arc::new(Container::new(dir, record));
-            self.write_containers().insert(container.id.clone(), container);
+            self.write_containers()
+                .insert(container.id.clone(), container);
         }
         Ok(())
     }
 
     fn read_containers(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Container>>> {
-        self.containers.read().unwrap_or_else(|poison| poison.into_inner())
+        self.containers
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn write_containers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Container>>> {
-        self.containers.write().unwrap_or_else(|poison| poison.into_inner())
+        self.containers
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Finds a container by full id, name (with or without the leading

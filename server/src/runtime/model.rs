@@ -5,6 +5,7 @@
 //! not set, and other clients leave fields out. Unknown keys are ignored.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -72,10 +73,90 @@ pub struct PortBindingRequest {
 #[serde(rename_all = "PascalCase", default)]
 pub struct HostConfigRequest {
     pub binds: Option<Vec<String>>,
+    pub mounts: Option<Vec<MountRequest>>,
+    /// Destination to `mount -t tmpfs` options, such as `size=64m`.
+    pub tmpfs: Option<BTreeMap<String, String>>,
     pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBindingRequest>>>>,
     pub publish_all_ports: Option<bool>,
     pub auto_remove: Option<bool>,
     pub runtime: Option<String>,
+}
+
+/// One entry of `HostConfig.Mounts`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct MountRequest {
+    #[serde(rename = "Type")]
+    pub kind: Option<String>,
+    pub source: Option<String>,
+    pub target: Option<String>,
+    pub read_only: Option<bool>,
+    pub volume_options: Option<VolumeOptionsRequest>,
+}
+
+/// `HostConfig.Mounts[].VolumeOptions`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VolumeOptionsRequest {
+    pub no_copy: Option<bool>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// What backs a container mount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    #[default]
+    Bind,
+    Volume,
+    /// A fresh directory of the container's own, standing in for a tmpfs.
+    Tmpfs,
+}
+
+impl MountType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountType::Bind => "bind",
+            MountType::Volume => "volume",
+            MountType::Tmpfs => "tmpfs",
+        }
+    }
+}
+
+/// A mount of a container, with what inspect shows of it. Records
+/// written before volumes existed hold only `source`, `destination` and
+/// `read_only`, and read as binds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    #[serde(default)]
+    pub kind: MountType,
+    /// The volume's name; empty for binds and tmpfs.
+    #[serde(default)]
+    pub name: String,
+    /// The host directory or file.
+    pub source: PathBuf,
+    /// The absolute path inside the container.
+    pub destination: String,
+    pub read_only: bool,
+    /// Inspect's `Mode`: the options of a `Binds` entry, such as `ro` or
+    /// `z`, and empty for `Mounts` entries.
+    #[serde(default)]
+    pub mode: String,
+    /// Left out of inspect's `Mounts`, as Docker leaves out the entries
+    /// of `HostConfig.Tmpfs`.
+    #[serde(default)]
+    pub hidden: bool,
+}
+
+impl MountRecord {
+    /// Returns the mount as the executor applies it.
+    pub fn to_mount(&self) -> Mount {
+        Mount {
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            read_only: self.read_only,
+        }
+    }
 }
 
 /// The body of `POST /containers/create`.
@@ -85,6 +166,9 @@ pub struct CreateRequest {
     pub config: ContainerConfig,
     #[serde(rename = "HostConfig", default)]
     pub host_config: Option<Value>,
+    /// `EndpointsConfig`: network name or id to the endpoint's settings.
+    #[serde(rename = "NetworkingConfig", default)]
+    pub networking_config: Option<Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +201,22 @@ pub struct State {
     pub finished_at: Option<DateTime<Utc>>,
     /// Counts exits, so `wait?condition=next-exit` can tell a new one.
     pub exits: u64,
+    /// Start time of the main process (field 22 of `/proc/PID/stat`), which
+    /// tells a live process from a later one that reused its pid.
+    #[serde(default)]
+    pub process_start: Option<u64>,
+    /// The executor's process group leader and its start time, recorded at
+    /// start for the same purpose.
+    #[serde(default)]
+    pub group_leader: Option<(u32, u64)>,
+    /// Whether the container's processes are stopped by `pause`. The
+    /// status stays `Running`; inspect shows `paused`.
+    #[serde(default)]
+    pub paused: bool,
+    /// `State.Health`, present once a container with a health check has
+    /// started.
+    #[serde(default)]
+    pub health: Option<super::health::Health>,
 }
 
 impl State {
@@ -129,11 +229,25 @@ impl State {
             started_at: None,
             finished_at: None,
             exits: 0,
+            process_start: None,
+            group_leader: None,
+            paused: false,
+            health: None,
         }
     }
 
     pub fn running(&self) -> bool {
         self.status == Status::Running
+    }
+
+    /// Returns Docker's `State.Status`, which shows a paused container as
+    /// `paused` rather than `running`.
+    pub fn status_name(&self) -> &'static str {
+        if self.running() && self.paused {
+            "paused"
+        } else {
+            self.status.as_str()
+        }
     }
 }
 
@@ -154,10 +268,14 @@ pub struct ContainerRecord {
     pub port_bindings: Vec<PortBinding>,
     pub auto_remove: bool,
     pub runtime: String,
-    pub mounts: Vec<Mount>,
+    pub mounts: Vec<MountRecord>,
     pub state: State,
     pub ports: Vec<PublishedPort>,
     pub restart_count: u64,
+    /// The container's endpoints, keyed by network name. Empty in records
+    /// written before networks existed, which show `NetworkMode` alone.
+    #[serde(default)]
+    pub networks: BTreeMap<String, super::networks::EndpointRecord>,
 }
 
 impl ContainerRecord {
@@ -198,10 +316,18 @@ impl ContainerRecord {
     /// Returns every port the container exposes or publishes, as Docker's
     /// `PORT/PROTOCOL` keys.
     pub fn exposed_port_keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> =
-            self.config.exposed_ports.iter().flat_map(|ports| ports.keys().cloned()).collect();
+        let mut keys: Vec<String> = self
+            .config
+            .exposed_ports
+            .iter()
+            .flat_map(|ports| ports.keys().cloned())
+            .collect();
         for binding in &self.port_bindings {
-            keys.push(format!("{}/{}", binding.container_port, binding.protocol.as_str()));
+            keys.push(format!(
+                "{}/{}",
+                binding.container_port,
+                binding.protocol.as_str()
+            ));
         }
         keys.sort_by_key(|key| port_key_order(key));
         keys.dedup();

@@ -1,12 +1,18 @@
 //! The TCP port forwarder: one listener per published port, relaying each
-//! connection to the container's port.
+//! connection to the container's port, directly or through the relay of
+//! the container's network namespace.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use sidewhale_core::{ForwardError, PortBinding, PortForwarder, Protocol, PublishedPort};
+use sidewhale_core::{
+    ForwardError, PortBinding, PortForwarder, PortTarget, Protocol, PublishedPort,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -19,6 +25,44 @@ pub struct TcpPortForwarder {
     relays: Mutex<HashMap<String, JoinSet<()>>>,
 }
 
+/// Where one published port's connections go.
+#[derive(Clone, Debug)]
+enum Upstream {
+    Tcp(SocketAddr),
+    /// A port inside a network namespace, through its relay socket.
+    Relay {
+        socket: PathBuf,
+        port: u16,
+    },
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::Tcp(address) => write!(f, "{address}"),
+            Upstream::Relay { socket, port } => write!(f, "{}#{port}", socket.display()),
+        }
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+impl Upstream {
+    async fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
+        match self {
+            Upstream::Tcp(address) => {
+                let stream = TcpStream::connect(address).await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Box::new(stream))
+            }
+            Upstream::Relay { socket, port } => Ok(Box::new(
+                sidewhale_netns::relay::connect(socket, *port).await?,
+            )),
+        }
+    }
+}
+
 #[async_trait]
 impl PortForwarder for TcpPortForwarder {
     async fn publish(
@@ -27,25 +71,48 @@ impl PortForwarder for TcpPortForwarder {
         target: IpAddr,
         bindings: &[PortBinding],
     ) -> Result<Vec<PublishedPort>, ForwardError> {
+        self.publish_to(container_id, &PortTarget::Ip(target), bindings)
+            .await
+    }
+
+    async fn publish_to(
+        &self,
+        container_id: &str,
+        target: &PortTarget,
+        bindings: &[PortBinding],
+    ) -> Result<Vec<PublishedPort>, ForwardError> {
         let mut listeners = Vec::new();
         for binding in bindings {
             if binding.protocol != Protocol::Tcp {
                 return Err(ForwardError::UnsupportedProtocol(binding.protocol.as_str()));
             }
             let address = SocketAddr::new(binding.host_ip, binding.host_port);
-            let listener = TcpListener::bind(address)
-                .await
-                .map_err(|source| ForwardError::Bind { address: address.to_string(), source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| ForwardError::Bind { address: address.to_string(), source })?;
+            let listener =
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ForwardError::Bind {
+                        address: address.to_string(),
+                        source,
+                    })?;
+            let local = listener.local_addr().map_err(|source| ForwardError::Bind {
+                address: address.to_string(),
+                source,
+            })?;
             listeners.push((binding.clone(), listener, local.port()));
         }
 
         let mut tasks = JoinSet::new();
         let mut published = Vec::new();
         for (binding, listener, host_port) in listeners {
-            let upstream = SocketAddr::new(target, binding.container_port);
+            let upstream = match target {
+                PortTarget::Ip(address) => {
+                    Upstream::Tcp(SocketAddr::new(*address, binding.container_port))
+                }
+                PortTarget::UnixSocket(socket) => Upstream::Relay {
+                    socket: socket.clone(),
+                    port: binding.container_port,
+                },
+            };
             tracing::info!(container = %&container_id[..12], host_port, %upstream, "publishing port");
             tasks.spawn(accept_loop(listener, upstream));
             published.push(PublishedPort {
@@ -55,14 +122,20 @@ impl PortForwarder for TcpPortForwarder {
                 host_port,
             });
         }
-        let mut relays = self.relays.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut relays = self
+            .relays
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         relays.insert(container_id.to_string(), tasks);
         Ok(published)
     }
 
     async fn unpublish(&self, container_id: &str) {
         let tasks = {
-            let mut relays = self.relays.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut relays = self
+                .relays
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             relays.remove(container_id)
         };
         // Dropping a JoinSet aborts its tasks, which closes the listeners
@@ -71,7 +144,7 @@ impl PortForwarder for TcpPortForwarder {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr) {
+async fn accept_loop(listener: TcpListener, upstream: Upstream) {
     let mut connections = JoinSet::new();
     loop {
         let (client, peer) = match listener.accept().await {
@@ -82,12 +155,12 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr) {
             }
         };
         while connections.try_join_next().is_some() {}
-        connections.spawn(relay(client, peer, upstream));
+        connections.spawn(relay(client, peer, upstream.clone()));
     }
 }
 
-async fn relay(mut client: TcpStream, peer: SocketAddr, upstream: SocketAddr) {
-    let mut server = match TcpStream::connect(upstream).await {
+async fn relay(mut client: TcpStream, peer: SocketAddr, upstream: Upstream) {
+    let mut server = match upstream.connect().await {
         Ok(server) => server,
         Err(error) => {
             tracing::debug!(%peer, %upstream, %error, "container port not reachable, closing connection");
@@ -95,7 +168,6 @@ async fn relay(mut client: TcpStream, peer: SocketAddr, upstream: SocketAddr) {
         }
     };
     let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
         tracing::debug!(%peer, %upstream, %error, "relayed connection ended with an error");
     }

@@ -1,0 +1,111 @@
+"""Containers that listen on the same port side by side, each in its own
+network namespace (network.isolation auto or namespace).
+
+Skipped where sidewhale runs containers on the host's network: with an
+executor that does not join namespaces, or on a host that cannot create
+them (see README, Network isolation).
+"""
+
+import time
+
+import docker
+import pytest
+import redis as redis_module
+import sqlalchemy
+from testcontainers.postgres import PostgresContainer
+
+from conftest import EXECUTOR, skip_single_user
+
+# Executors whose containers join the namespace sidewhale creates.
+NAMESPACE_EXECUTORS = {None, "proot"}
+
+# Probes the port from inside the container: with nc where the image has
+# it, otherwise with bash's /dev/tcp, as Testcontainers' wait strategies do.
+PROBE = (
+    "if command -v nc >/dev/null; then nc -z localhost {port}; "
+    "else bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'; fi"
+)
+
+
+@pytest.fixture(scope="module")
+def isolated(sidewhale):
+    client = docker.DockerClient(base_url=sidewhale.docker_host, version="auto", timeout=120)
+    options = client.info().get("SecurityOptions") or []
+    client.images.pull("redis", tag="7")
+    client.close()
+    if EXECUTOR not in NAMESPACE_EXECUTORS:
+        pytest.skip(f"executor {EXECUTOR} shares the host's network")
+    if "name=netns,mode=namespace" not in options:
+        pytest.skip(f"sidewhale shares the host's network here (SecurityOptions {options})")
+
+
+def published_port(container, port):
+    container.reload()
+    return int(container.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostPort"])
+
+
+def wait_for_redis(port):
+    client = redis_module.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    for _ in range(100):
+        try:
+            if client.ping():
+                return client
+        except redis_module.exceptions.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"redis on published port {port} did not answer")
+
+
+def listening_ports(container):
+    """Returns the ports in LISTEN state in the container's /proc/net/tcp."""
+    result = container.exec_run(["cat", "/proc/net/tcp"])
+    assert result.exit_code == 0, result.output
+    ports = set()
+    for line in result.output.decode().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A":
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
+
+
+@skip_single_user
+def test_two_redis_on_one_port(sidewhale, isolated, docker_client):
+    first = docker_client.containers.run("redis:7", detach=True, ports={"6379/tcp": None})
+    try:
+        second = docker_client.containers.run("redis:7", detach=True, ports={"6379/tcp": None})
+        try:
+            first_port = published_port(first, 6379)
+            second_port = published_port(second, 6379)
+            assert first_port != second_port
+
+            first_client = wait_for_redis(first_port)
+            second_client = wait_for_redis(second_port)
+            assert first_client.set("owner", "first")
+            assert first_client.get("owner") == b"first"
+            assert second_client.get("owner") is None
+
+            for container in (first, second):
+                probe = container.exec_run(["sh", "-c", PROBE.format(port=6379)])
+                assert probe.exit_code == 0, probe.output
+                assert 6379 in listening_ports(container)
+            first_client.close()
+            second_client.close()
+        finally:
+            second.remove(force=True)
+    finally:
+        first.remove(force=True)
+
+
+@skip_single_user
+def test_two_postgres_at_once(sidewhale, isolated):
+    first = PostgresContainer("postgres:16", username="tester", password="secret", dbname="one")
+    second = PostgresContainer("postgres:16", username="tester", password="secret", dbname="two")
+    with first, second:
+        names = []
+        for postgres in (first, second):
+            engine = sqlalchemy.create_engine(postgres.get_connection_url())
+            with engine.connect() as connection:
+                names.append(connection.execute(sqlalchemy.text("SELECT current_database()")).scalar())
+            engine.dispose()
+        assert names == ["one", "two"]
+        assert first.get_exposed_port(5432) != second.get_exposed_port(5432)
