@@ -252,15 +252,21 @@ def test_health_unhealthy_after_retries(client, name):
 
 
 def test_health_start_period_keeps_starting(client, name):
-    # docker-py has no argument for StartInterval (API 1.44), so it is
-    # added to the dict that its Healthcheck type is.
-    healthcheck = docker.types.Healthcheck(
-        test=["CMD", "false"], interval=SECOND // 4, start_period=60 * SECOND, retries=1
-    )
-    healthcheck["StartInterval"] = SECOND // 4
-    container = client.containers.run(
-        "busybox", ["sleep", "300"], name=name, detach=True, healthcheck=healthcheck
-    )
+    # docker-py drops StartInterval (API 1.44), so the body is sent raw.
+    body = {
+        "Image": "busybox",
+        "Cmd": ["sleep", "300"],
+        "Healthcheck": {
+            "Test": ["CMD", "false"],
+            "Interval": SECOND // 4,
+            "StartPeriod": 60 * SECOND,
+            "StartInterval": SECOND // 4,
+            "Retries": 1,
+        },
+    }
+    client.api.post(client.api._url("/containers/create"), params={"name": name}, json=body).raise_for_status()
+    container = client.containers.get(name)
+    container.start()
     try:
         time.sleep(2)
         container.reload()

@@ -16,7 +16,11 @@ use crate::runtime::events::{Event, EventFilter};
 /// Docker accepts Unix seconds with an optional fraction of up to nine
 /// digits (`1700000000.5`), which the docker CLI sends, and RFC 3339 times.
 pub fn parse_timestamp(key: &str, text: &str) -> ApiResult<i64> {
-    let invalid = || ApiError::bad_request(format!("invalid value for {key}: {text:?} is not a timestamp"));
+    let invalid = || {
+        ApiError::bad_request(format!(
+            "invalid value for {key}: {text:?} is not a timestamp"
+        ))
+    };
     if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
         return time.timestamp_nanos_opt().ok_or_else(invalid);
     }
@@ -94,7 +98,10 @@ pub async fn events(
             }
         }
     });
-    Ok(streaming("application/json", Body::from_stream(ReceiverStream::new(body))))
+    Ok(streaming(
+        "application/json",
+        Body::from_stream(ReceiverStream::new(body)),
+    ))
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -117,7 +124,10 @@ mod tests {
             parse_timestamp("since", "1700000000.000000001").unwrap(),
             1_700_000_000_000_000_001
         );
-        assert_eq!(parse_timestamp("since", "1970-01-01T00:00:02Z").unwrap(), 2_000_000_000);
+        assert_eq!(
+            parse_timestamp("since", "1970-01-01T00:00:02Z").unwrap(),
+            2_000_000_000
+        );
         assert!(parse_timestamp("since", "soon").is_err());
         assert!(parse_timestamp("since", "1.1234567890").is_err());
     }

@@ -25,13 +25,19 @@ pub async fn rename(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn pause(State(daemon): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn pause(
+    State(daemon): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let container = daemon.container(&id)?;
     daemon.pause_container(&container).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn unpause(State(daemon): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn unpause(
+    State(daemon): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let container = daemon.container(&id)?;
     daemon.unpause_container(&container).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -66,7 +72,9 @@ fn parse_duration(text: &str) -> Option<chrono::Duration> {
             .unwrap_or(rest.len());
         let number: f64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_length = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_length = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let nanos_per_unit = match &rest[..unit_length] {
             "h" => 3_600e9,
             "m" => 60e9,
@@ -92,7 +100,10 @@ fn parse_until(text: &str) -> ApiResult<DateTime<Utc>> {
 }
 
 /// Builds the filter of a prune and rejects keys outside `allowed`.
-fn prune_filter(filters: &HashMap<String, Vec<String>>, allowed: &[&str]) -> ApiResult<PruneFilter> {
+fn prune_filter(
+    filters: &HashMap<String, Vec<String>>,
+    allowed: &[&str],
+) -> ApiResult<PruneFilter> {
     if let Some(key) = filters.keys().find(|key| !allowed.contains(&key.as_str())) {
         return Err(ApiError::bad_request(format!("invalid filter '{key}'")));
     }
@@ -100,7 +111,9 @@ fn prune_filter(filters: &HashMap<String, Vec<String>>, allowed: &[&str]) -> Api
         None | Some([]) => None,
         Some([text]) => Some(parse_until(text)?),
         Some(_) => {
-            return Err(ApiError::bad_request("more than one until filter specified"));
+            return Err(ApiError::bad_request(
+                "more than one until filter specified",
+            ));
         }
     };
     Ok(PruneFilter {

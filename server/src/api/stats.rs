@@ -61,7 +61,10 @@ fn network_counters(pid: u32) -> [u64; 8] {
             continue;
         }
         // Receive: bytes, packets, errs, drop at 0..4; transmit at 8..12.
-        let picked = [fields[0], fields[1], fields[2], fields[3], fields[8], fields[9], fields[10], fields[11]];
+        let picked = [
+            fields[0], fields[1], fields[2], fields[3], fields[8], fields[9], fields[10],
+            fields[11],
+        ];
         for (total, value) in totals.iter_mut().zip(picked) {
             *total += value;
         }
@@ -119,7 +122,9 @@ fn cpu_json(sample: Option<&Sample>) -> Value {
 }
 
 fn time_json(time: Option<DateTime<Utc>>) -> String {
-    time.map_or(ZERO_TIME.to_string(), |time| time.to_rfc3339_opts(SecondsFormat::Nanos, true))
+    time.map_or(ZERO_TIME.to_string(), |time| {
+        time.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    })
 }
 
 /// Renders one stats object in the cgroup v2 shape of Docker 25 and later.
@@ -188,7 +193,7 @@ fn line(value: &Value) -> Bytes {
 
 /// Serves `GET /containers/{id}/stats`. With `stream=false` it takes two
 /// samples a second apart, so that `precpu_stats` is filled, unless
-/// `one-shot` asks for a single sample. A streamed response sends one
+/// `one-shot` requests a single sample. A streamed response sends one
 /// object a second until the container stops or the client leaves.
 pub async fn stats(
     State(daemon): State<AppState>,
@@ -233,7 +238,10 @@ pub async fn stats(
             current = take_sample(&daemon, &container);
         }
     });
-    Ok(streaming("application/json", Body::from_stream(ReceiverStream::new(body))))
+    Ok(streaming(
+        "application/json",
+        Body::from_stream(ReceiverStream::new(body)),
+    ))
 }
 
 fn json_response(value: Value) -> Response {
@@ -244,7 +252,12 @@ fn json_response(value: Value) -> Response {
 /// past 24 hours.
 fn cpu_time(seconds: u64) -> String {
     let (days, rest) = (seconds / 86_400, seconds % 86_400);
-    let clock = format!("{:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60);
+    let clock = format!(
+        "{:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    );
     if days > 0 {
         format!("{days}-{clock}")
     } else {
@@ -302,16 +315,16 @@ fn top_row(info: &ProcessInfo, ticks: u64, boot: i64, now: DateTime<Utc>) -> Vec
 /// Serves `GET /containers/{id}/top` in the columns of `ps -ef`.
 ///
 /// NOTE: `ps_args` is ignored; the columns are always those of `-ef`.
-pub async fn top(
-    State(daemon): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn top(State(daemon): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let container = daemon.container(&id)?;
     let list = container.processes()?;
     let ticks = processes::clock_ticks();
     let boot = processes::boot_time();
     let now = Utc::now();
-    let rows: Vec<Vec<String>> = list.iter().map(|info| top_row(info, ticks, boot, now)).collect();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|info| top_row(info, ticks, boot, now))
+        .collect();
     Ok(Json(json!({
         "Titles": ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"],
         "Processes": rows,

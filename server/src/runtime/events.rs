@@ -13,9 +13,8 @@ use tokio::sync::broadcast;
 use super::model::ContainerRecord;
 use super::Daemon;
 
-/// The number of past events kept for replay. Docker keeps 256 in memory;
-/// a longer history costs little and lets a slow test still replay the
-/// events of a whole container lifecycle.
+/// The number of past events kept for replay. Older events are dropped,
+/// so `since` cannot reach further back than this.
 const HISTORY_SIZE: usize = 1024;
 
 /// How many events a subscriber may fall behind before it misses some.
@@ -37,8 +36,8 @@ pub struct Event {
 
 impl Event {
     /// Renders the event as one line of `GET /events`, with the legacy
-    /// `status`, `id` and `from` fields that API versions before 1.52
-    /// still send for containers and images.
+    /// `status`, `id` and (for containers) `from` fields, which clients of
+    /// API 1.47 may still read.
     pub fn to_json(&self) -> Value {
         let mut object = json!({
             "Type": self.kind,
@@ -77,7 +76,9 @@ impl EventFilter {
             values.is_empty()
                 || match key.as_str() {
                     "type" => values.iter().any(|value| value == event.kind),
-                    "event" => values.iter().any(|value| action_matches(value, &event.action)),
+                    "event" => values
+                        .iter()
+                        .any(|value| action_matches(value, &event.action)),
                     "container" => {
                         event.kind == "container"
                             && values.iter().any(|value| name_matches(value, event))
@@ -131,7 +132,10 @@ fn strip_tag(reference: &str) -> &str {
 /// Matches one `label` filter value, `key` or `key=value`.
 fn label_matches(filter: &str, event: &Event) -> bool {
     match filter.split_once('=') {
-        Some((key, value)) => event.attributes.get(key).is_some_and(|actual| actual == value),
+        Some((key, value)) => event
+            .attributes
+            .get(key)
+            .is_some_and(|actual| actual == value),
         None => event.attributes.contains_key(filter),
     }
 }
@@ -160,8 +164,8 @@ impl EventLog {
     }
 
     /// Records an event and sends it to every subscriber. The history lock
-    /// is held while sending, so a subscriber sees each event exactly once:
-    /// either in its replayed history or on its channel.
+    /// is held while sending, so a subscriber receives each event exactly
+    /// once: either in its replayed history or on its channel.
     pub fn publish(&self, event: Event) {
         tracing::debug!(kind = event.kind, action = %event.action, actor = %event.actor_id, "event");
         let mut history = self.lock();
@@ -169,7 +173,7 @@ impl EventLog {
             history.pop_front();
         }
         history.push_back(event.clone());
-        // Sending fails only when nobody subscribes, which is fine.
+        // Sending fails only when no receiver exists, which is fine.
         let _ = self.sender.send(event);
     }
 
@@ -182,15 +186,18 @@ impl EventLog {
 
 /// Returns the current time in nanoseconds since the Unix epoch.
 fn now_nanos() -> i64 {
-    chrono::Utc::now()
-        .timestamp_nanos_opt()
-        .unwrap_or(i64::MAX)
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
 impl Daemon {
     /// Publishes a container event. Its attributes are the container's
     /// labels, `image` and `name`, then `extra`.
-    pub fn container_event(&self, record: &ContainerRecord, action: &str, extra: &[(&str, String)]) {
+    pub fn container_event(
+        &self,
+        record: &ContainerRecord,
+        action: &str,
+        extra: &[(&str, String)],
+    ) {
         let mut attributes: BTreeMap<String, String> =
             record.config.labels.clone().unwrap_or_default();
         attributes.insert("image".into(), record.image.clone());
@@ -245,7 +252,10 @@ mod tests {
             pairs
                 .iter()
                 .map(|(key, values)| {
-                    (key.to_string(), values.iter().map(|v| v.to_string()).collect())
+                    (
+                        key.to_string(),
+                        values.iter().map(|v| v.to_string()).collect(),
+                    )
                 })
                 .collect(),
         )
@@ -253,8 +263,13 @@ mod tests {
 
     #[test]
     fn container_event_json_has_legacy_fields() {
-        let value = event("container", "die", "abc", &[("image", "busybox"), ("exitCode", "3")])
-            .to_json();
+        let value = event(
+            "container",
+            "die",
+            "abc",
+            &[("image", "busybox"), ("exitCode", "3")],
+        )
+        .to_json();
         assert_eq!(value["status"], "die");
         assert_eq!(value["id"], "abc");
         assert_eq!(value["from"], "busybox");
@@ -272,8 +287,18 @@ mod tests {
 
     #[test]
     fn filters_match_docker_rules() {
-        let start = event("container", "start", "0123abcd", &[("name", "web"), ("image", "redis:7"), ("env", "test")]);
-        let exec = event("container", "exec_start: sh -c date", "0123abcd", &[("name", "web")]);
+        let start = event(
+            "container",
+            "start",
+            "0123abcd",
+            &[("name", "web"), ("image", "redis:7"), ("env", "test")],
+        );
+        let exec = event(
+            "container",
+            "exec_start: sh -c date",
+            "0123abcd",
+            &[("name", "web")],
+        );
         let pull = event("image", "pull", "redis:7", &[("name", "redis")]);
 
         assert!(filter(&[("event", &["start"])]).matches(&start));

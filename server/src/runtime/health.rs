@@ -24,9 +24,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_START_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_RETRIES: u64 = 3;
 
-/// The number of probe results `State.Health.Log` keeps, as in Docker.
+/// The number of probe results `State.Health.Log` keeps.
 const LOG_ENTRIES: usize = 5;
-/// The maximum bytes of probe output kept per result, as in Docker.
+/// The maximum bytes of probe output kept per result: Docker's reference
+/// of the Dockerfile `HEALTHCHECK` instruction says it stores the first
+/// 4096 bytes.
 const MAX_OUTPUT: usize = 4096;
 /// The smallest interval, timeout or period Docker accepts.
 const MIN_DURATION: Duration = Duration::from_millis(1);
@@ -117,7 +119,9 @@ pub fn parse(config: &ContainerConfig) -> Result<Option<Healthcheck>> {
             .iter()
             .map(|item| item.as_str().map(str::to_string))
             .collect::<Option<_>>()
-            .ok_or_else(|| Error::InvalidParameter("Healthcheck.Test must be a list of strings".into()))?,
+            .ok_or_else(|| {
+                Error::InvalidParameter("Healthcheck.Test must be a list of strings".into())
+            })?,
         other => {
             return Err(Error::InvalidParameter(format!(
                 "invalid Healthcheck.Test: {other}"
@@ -138,7 +142,9 @@ pub fn parse(config: &ContainerConfig) -> Result<Option<Healthcheck>> {
         }
     };
     if argv.is_empty() {
-        return Err(Error::InvalidParameter("Healthcheck.Test has no command".into()));
+        return Err(Error::InvalidParameter(
+            "Healthcheck.Test has no command".into(),
+        ));
     }
     let retries = match &value["Retries"] {
         Value::Null => DEFAULT_RETRIES,
@@ -168,9 +174,14 @@ pub fn parse(config: &ContainerConfig) -> Result<Option<Healthcheck>> {
 }
 
 /// Applies one probe result to the health state and returns whether the
-/// status changed. `in_start_period` tells whether the probe began within
-/// the start period.
-pub fn record_result(health: &mut Health, result: HealthLog, retries: u64, in_start_period: bool) -> bool {
+/// status changed. `in_start_period` is whether the probe began within the
+/// start period.
+pub fn record_result(
+    health: &mut Health,
+    result: HealthLog,
+    retries: u64,
+    in_start_period: bool,
+) -> bool {
     let before = health.status;
     if result.exit_code == 0 {
         health.failing_streak = 0;
@@ -204,7 +215,12 @@ impl Daemon {
         };
         let exits = record.state.exits;
         container.update(|record| {
-            let log = record.state.health.take().map(|health| health.log).unwrap_or_default();
+            let log = record
+                .state
+                .health
+                .take()
+                .map(|health| health.log)
+                .unwrap_or_default();
             record.state.health = Some(Health {
                 status: HealthStatus::Starting,
                 failing_streak: 0,
@@ -217,13 +233,23 @@ impl Daemon {
 
     /// Runs probes on schedule while the run that began with `exits`
     /// recorded exits is still going.
-    async fn monitor_health(self: Arc<Self>, container: Arc<Container>, check: Healthcheck, exits: u64) {
+    async fn monitor_health(
+        self: Arc<Self>,
+        container: Arc<Container>,
+        check: Healthcheck,
+        exits: u64,
+    ) {
         let mut changes = container.subscribe();
         let started = tokio::time::Instant::now();
-        let same_run = |record: &ContainerRecord| record.state.running() && record.state.exits == exits;
+        let same_run =
+            |record: &ContainerRecord| record.state.running() && record.state.exits == exits;
         loop {
             let in_start_period = started.elapsed() < check.start_period;
-            let wait = if in_start_period { check.start_interval } else { check.interval };
+            let wait = if in_start_period {
+                check.start_interval
+            } else {
+                check.interval
+            };
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
             loop {
@@ -269,7 +295,15 @@ impl Daemon {
 
     /// Runs the probe once, as an exec with the container's environment,
     /// user and working directory.
-    async fn run_probe(&self, container: &Container, record: &ContainerRecord, check: &Healthcheck) -> HealthLog {
+    ///
+    /// NOTE: probes are not registered as exec instances, so they publish no
+    /// `exec_*` events and are missing from inspect's `ExecIDs`.
+    async fn run_probe(
+        &self,
+        container: &Container,
+        record: &ContainerRecord,
+        check: &Healthcheck,
+    ) -> HealthLog {
         let start = Utc::now();
         let failed = |exit_code: i64, output: String| HealthLog {
             start,
@@ -313,7 +347,7 @@ impl Daemon {
                 if let Err(error) = control.kill_all() {
                     tracing::warn!(container = %record.short_id(), %error, "failed to kill a timed-out health probe");
                 }
-                let timeout = humantime_seconds(check.timeout);
+                let timeout = go_duration_text(check.timeout);
                 failed(-1, format!("Health check exceeded timeout ({timeout})"))
             }
         }
@@ -342,17 +376,17 @@ async fn collect(process: Process) -> (i64, String) {
     (status.code(), String::from_utf8_lossy(&output).into_owned())
 }
 
-/// Reads a stream to its end, keeping its first `MAX_OUTPUT` bytes, so that
-/// a chatty probe never blocks on a full pipe.
+/// Reads a stream to its end and returns its first `MAX_OUTPUT` bytes. The
+/// rest is read and dropped, so the probe does not block on a full pipe.
 async fn read_limited(mut reader: impl AsyncRead + Unpin) -> Vec<u8> {
-    let mut kept = Vec::new();
+    let mut output = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {
         match reader.read(&mut buffer).await {
-            Ok(0) | Err(_) => return kept,
+            Ok(0) | Err(_) => return output,
             Ok(read) => {
-                let room = MAX_OUTPUT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buffer[..read.min(room)]);
+                let room = MAX_OUTPUT.saturating_sub(output.len());
+                output.extend_from_slice(&buffer[..read.min(room)]);
             }
         }
     }
@@ -360,7 +394,7 @@ async fn read_limited(mut reader: impl AsyncRead + Unpin) -> Vec<u8> {
 
 /// Formats a timeout as Go prints a `time.Duration` of whole or
 /// fractional seconds, such as `30s` or `1.5s`.
-fn humantime_seconds(duration: Duration) -> String {
+fn go_duration_text(duration: Duration) -> String {
     let seconds = duration.as_secs_f64();
     if seconds >= 1.0 {
         format!("{seconds}s")
@@ -422,14 +456,22 @@ mod tests {
         assert_eq!(check.argv, vec!["/bin/sh", "-c", "pg_isready -U postgres"]);
         assert_eq!(check.interval, Duration::from_secs(1));
         assert_eq!(check.retries, 5);
-        assert!(parse(&config(serde_json::json!({"Test": ["NONE"]}))).unwrap().is_none());
+        assert!(parse(&config(serde_json::json!({"Test": ["NONE"]})))
+            .unwrap()
+            .is_none());
         assert!(parse(&ContainerConfig::default()).unwrap().is_none());
     }
 
     #[test]
     fn parse_rejects_invalid_values() {
-        assert!(parse(&config(serde_json::json!({"Test": ["CMD", "x"], "Interval": -1}))).is_err());
-        assert!(parse(&config(serde_json::json!({"Test": ["CMD", "x"], "Timeout": 10}))).is_err());
+        assert!(parse(&config(
+            serde_json::json!({"Test": ["CMD", "x"], "Interval": -1})
+        ))
+        .is_err());
+        assert!(parse(&config(
+            serde_json::json!({"Test": ["CMD", "x"], "Timeout": 10})
+        ))
+        .is_err());
         assert!(parse(&config(serde_json::json!({"Test": ["BOGUS", "x"]}))).is_err());
         assert!(parse(&config(serde_json::json!({"Test": ["CMD"]}))).is_err());
     }
@@ -466,8 +508,8 @@ mod tests {
 
     #[test]
     fn timeouts_print_like_go() {
-        assert_eq!(humantime_seconds(Duration::from_secs(30)), "30s");
-        assert_eq!(humantime_seconds(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(humantime_seconds(Duration::from_millis(200)), "200ms");
+        assert_eq!(go_duration_text(Duration::from_secs(30)), "30s");
+        assert_eq!(go_duration_text(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration_text(Duration::from_millis(200)), "200ms");
     }
 }

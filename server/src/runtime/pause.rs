@@ -2,7 +2,7 @@
 //!
 //! Without a freezer cgroup, pause sends `SIGSTOP` to the executor's
 //! wrapper processes (proot traces the container's processes, so stopping
-//! it holds them at their next system call) and to every process of the
+//! it blocks them at their next system call) and to every process of the
 //! container, and unpause sends `SIGCONT` to the same set.
 
 use std::time::Duration;
@@ -47,7 +47,10 @@ impl Daemon {
         let pid = container.running_pid()?;
         let record = container.record();
         if record.state.paused {
-            return Err(Error::Conflict(format!("Container {} is already paused", record.id)));
+            return Err(Error::Conflict(format!(
+                "Container {} is already paused",
+                record.id
+            )));
         }
         let wrappers = wrappers(pid);
         signal_all(record.short_id(), &wrappers, Signal::SIGSTOP);
@@ -63,7 +66,10 @@ impl Daemon {
         let pid = container.running_pid()?;
         let record = container.record();
         if !record.state.paused {
-            return Err(Error::Conflict(format!("Container {} is not paused", record.id)));
+            return Err(Error::Conflict(format!(
+                "Container {} is not paused",
+                record.id
+            )));
         }
         resume_processes(record.short_id(), pid).await;
         container.update(|record| record.state.paused = false);
@@ -91,7 +97,10 @@ impl Daemon {
     pub fn resize_container(&self, container: &Container, rows: u16, columns: u16) -> Result<()> {
         container.running_pid()?;
         let Some(control) = container.control() else {
-            return Err(Error::Conflict(format!("Container {} is not running", container.id)));
+            return Err(Error::Conflict(format!(
+                "Container {} is not running",
+                container.id
+            )));
         };
         control.resize(rows, columns)?;
         tracing::debug!(container = %&container.id[..12], rows, columns, "resized container terminal");

@@ -170,7 +170,10 @@ pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf reads a constant of the C library and has no
     // preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks).ok().filter(|ticks| *ticks > 0).unwrap_or(100)
+    u64::try_from(ticks)
+        .ok()
+        .filter(|ticks| *ticks > 0)
+        .unwrap_or(100)
 }
 
 /// Returns the host's boot time in seconds since the epoch.
@@ -190,7 +193,10 @@ pub fn system_ticks() -> u64 {
     std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|text| {
-            let line = text.lines().find(|line| line.starts_with("cpu "))?.to_string();
+            let line = text
+                .lines()
+                .find(|line| line.starts_with("cpu "))?
+                .to_string();
             Some(
                 line.split_whitespace()
                     .skip(1)
@@ -209,21 +215,27 @@ pub fn memory_total() -> u64 {
 }
 
 impl Container {
-    /// Returns the pid of the running main process, or 409 as Docker
-    /// answers for a container that is not running.
+    /// Returns the pid of the running main process, or the conflict (409)
+    /// that Docker returns for a container that is not running.
     pub fn running_pid(&self) -> Result<u32> {
         let record = self.record();
         let pid = self.control().and_then(|control| control.pid());
         match pid {
             Some(pid) if record.state.running() => Ok(pid),
-            _ => Err(Error::Conflict(format!("Container {} is not running", record.id))),
+            _ => Err(Error::Conflict(format!(
+                "Container {} is not running",
+                record.id
+            ))),
         }
     }
 
     /// Returns the container's processes, main process first.
     pub fn processes(&self) -> Result<Vec<ProcessInfo>> {
         let pid = self.running_pid()?;
-        Ok(descendants(pid).into_iter().filter_map(read_process).collect())
+        Ok(descendants(pid)
+            .into_iter()
+            .filter_map(read_process)
+            .collect())
     }
 }
 

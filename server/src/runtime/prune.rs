@@ -10,7 +10,7 @@ use super::create::validate_name;
 use super::model::ContainerRecord;
 use super::{Container, Daemon, Error, Result};
 
-/// What a prune removed, as `POST /containers/prune` and
+/// The result of a prune, as `POST /containers/prune` and
 /// `POST /images/prune` report it.
 #[derive(Debug)]
 pub struct PruneReport<T> {
@@ -71,7 +71,9 @@ impl Daemon {
     /// Renames a container, as `POST /containers/{id}/rename` does.
     pub fn rename_container(&self, container: &Container, new_name: &str) -> Result<()> {
         if new_name.is_empty() {
-            return Err(Error::InvalidParameter("Neither old nor new names may be empty".into()));
+            return Err(Error::InvalidParameter(
+                "Neither old nor new names may be empty".into(),
+            ));
         }
         let new_name = validate_name(new_name)?;
         let old_name = {
@@ -96,7 +98,11 @@ impl Daemon {
         // Peers resolve the container by its name through their hosts files.
         self.write_hosts_files();
         tracing::info!(container = %&container.id[..12], old_name = %old_name, name = %new_name, "renamed container");
-        self.container_event(&container.record(), "rename", &[("oldName", format!("/{old_name}"))]);
+        self.container_event(
+            &container.record(),
+            "rename",
+            &[("oldName", format!("/{old_name}"))],
+        );
         Ok(())
     }
 
@@ -106,8 +112,13 @@ impl Daemon {
         let mut report = PruneReport::default();
         for container in self.containers() {
             let record = container.record();
-            let labels: HashMap<String, String> =
-                record.config.labels.clone().unwrap_or_default().into_iter().collect();
+            let labels: HashMap<String, String> = record
+                .config
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
             if record.state.running() || !filter.matches(record.created, &labels) {
                 continue;
             }
@@ -125,13 +136,21 @@ impl Daemon {
                 }
             }
         }
-        tracing::info!(deleted = report.deleted.len(), space_reclaimed = report.space_reclaimed, "pruned containers");
+        tracing::info!(
+            deleted = report.deleted.len(),
+            space_reclaimed = report.space_reclaimed,
+            "pruned containers"
+        );
         report
     }
 
     /// Deletes images that no container uses and that pass `filter`: only
     /// untagged ones unless `dangling_only` is false.
-    pub fn prune_images(&self, dangling_only: bool, filter: &PruneFilter) -> Result<PruneReport<RemoveEvent>> {
+    pub fn prune_images(
+        &self,
+        dangling_only: bool,
+        filter: &PruneFilter,
+    ) -> Result<PruneReport<RemoveEvent>> {
         let mut report = PruneReport::default();
         let used: Vec<ContainerRecord> = self.containers().iter().map(|c| c.record()).collect();
         for image in self.images.list() {
@@ -146,8 +165,13 @@ impl Daemon {
                 .as_deref()
                 .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
                 .map_or(DateTime::<Utc>::MIN_UTC, |time| time.with_timezone(&Utc));
-            let labels: HashMap<String, String> =
-                image.config.labels.clone().unwrap_or_default().into_iter().collect();
+            let labels: HashMap<String, String> = image
+                .config
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
             if !filter.matches(created, &labels) {
                 continue;
             }
@@ -169,7 +193,11 @@ impl Daemon {
             }
             report.deleted.extend(events);
         }
-        tracing::info!(deleted = report.deleted.len(), space_reclaimed = report.space_reclaimed, "pruned images");
+        tracing::info!(
+            deleted = report.deleted.len(),
+            space_reclaimed = report.space_reclaimed,
+            "pruned images"
+        );
         Ok(report)
     }
 }
