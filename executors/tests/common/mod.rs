@@ -47,6 +47,15 @@ impl TestContainer {
 /// Builds a busybox rootfs with users `root` (0) and `app` (1001:1002) and
 /// a container spec running `argv` in it, with the mounts the server
 /// always provides.
+/// Returns a fresh 64-hex-digit container id. Tests run in parallel, and
+/// executors track processes by container id, so a shared id would let
+/// one test's cleanup kill another test's processes.
+fn unique_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:016x}{:048x}", std::process::id(), number)
+}
+
 pub fn container(argv: &[&str]) -> TestContainer {
     let dir = tempfile::Builder::new()
         .prefix("swx")
@@ -60,7 +69,7 @@ pub fn container(argv: &[&str]) -> TestContainer {
     let mounts = server_mounts(dir.path());
 
     let spec = ContainerSpec {
-        id: "0123456789ab".repeat(5) + "cdef",
+        id: unique_id(),
         rootfs,
         runtime_dir,
         hostname: "0123456789ab".into(),
