@@ -139,7 +139,7 @@ fn spawn_with_pipes(
         });
     }
 
-    let mut child = command.spawn().map_err(on_error)?;
+    let mut child = spawn_retrying(&mut command).map_err(on_error)?;
 
     let stdin = child
         .stdin
@@ -161,6 +161,25 @@ fn spawn_with_pipes(
         stderr: Some(Box::pin(stderr)),
         pty_master: None,
     })
+}
+
+/// Spawns `command`, trying again a few times when `execve` fails with
+/// `ETXTBSY`. Another thread of this process may fork while it still holds
+/// a freshly copied rootfs file open for writing, and the forked child
+/// keeps that descriptor until it calls `execve` itself.
+fn spawn_retrying(command: &mut Command) -> std::io::Result<Child> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match command.spawn() {
+            Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) && attempt < ATTEMPTS => {
+                tracing::debug!(attempt, "executable busy, spawning again");
+                std::thread::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)));
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn spawn_with_pty(
@@ -193,7 +212,7 @@ fn spawn_with_pty(
         });
     }
 
-    let child = command.spawn().map_err(on_error)?;
+    let child = spawn_retrying(&mut command).map_err(on_error)?;
 
     // The parent's copies of the slave must be closed, or reading the
     // master never reaches end of file.
