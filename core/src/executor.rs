@@ -81,7 +81,7 @@ pub struct NetworkNamespace {
     pub user_namespace: bool,
 }
 
-/// How a process ended.
+/// The end of a process: its exit code or the signal that killed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitStatus {
     /// The process called `exit` with this code.

@@ -293,7 +293,7 @@ impl ImageError {
     }
 }
 
-/// Where images come from.
+/// A source of images.
 ///
 /// The bundled implementation pulls from OCI distribution registries into
 /// a content-addressed store. Implement this to serve images from

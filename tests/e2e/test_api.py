@@ -145,7 +145,8 @@ def test_logs_tail_timestamps_and_follow(docker_client, busybox):
     assert container.logs(tail=2) == b"line5\nlate\n"
     stamped = container.logs(timestamps=True, tail=1).decode()
     stamp, text = stamped.split(" ", 1)
-    assert stamp.endswith("Z") and "T" in stamp
+    assert stamp.endswith("Z")
+    assert "T" in stamp
     assert text == "late\n"
     assert container.logs(tail=0) == b""
     container.remove()

@@ -102,7 +102,7 @@ pub struct VolumeOptionsRequest {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
-/// What backs a container mount.
+/// The source behind a container mount.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MountType {
