@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of sidewhale on a bare Debian 12 machine, as root:
 # installs what the tests need, builds the test images and the workspace,
-# runs the Rust tests, then the end-to-end suite once per executor and
-# user: proot as root and as the unprivileged user sidewhale-test, chroot
-# as root, the busybox suites under bubblewrap as sidewhale-test and as
-# root, and the docker CLI and Testcontainers tests with the example
-# executor plugin.
+# runs the Rust tests, the bollard and testcontainers-rs conformance tests
+# with sidewhale as root and as sidewhale-test, then the end-to-end suite
+# (with the Node clients) once per executor and user: proot as root and
+# as the unprivileged user sidewhale-test, chroot as root, the busybox
+# suites under bubblewrap as sidewhale-test and as root, and the docker CLI
+# and Testcontainers tests with the example executor plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,8 @@ echo "== building"
 cargo build --workspace --all-targets
 
 echo "== Rust tests"
-cargo test --workspace
+# The conformance tests need the test registry, so they run after it starts.
+cargo test --workspace --exclude sidewhale-conformance
 
 echo "== starting the test registry"
 export SIDEWHALE_TEST_MIRROR="http://127.0.0.1:${SIDEWHALE_TEST_REGISTRY_PORT:-5000}"
@@ -35,6 +37,13 @@ netns_test=$(cargo test -p sidewhale-netns --test namespaces --no-run 2>&1 \
     | grep -o 'target/debug/deps/namespaces-[0-9a-f]*' | head -n 1)
 install -m 755 "$netns_test" "$bin_dir/netns-test"
 (cd /tmp && runuser -u sidewhale-test -- "$bin_dir/netns-test")
+
+# The bollard and testcontainers-rs tests. Each test binary starts its own
+# sidewhale.
+echo "== conformance tests (bollard, testcontainers-rs), sidewhale as root"
+cargo test -p sidewhale-conformance
+echo "== conformance tests (bollard, testcontainers-rs), sidewhale as sidewhale-test"
+SIDEWHALE_TEST_USER=sidewhale-test cargo test -p sidewhale-conformance
 
 # A full run takes about 3 minutes on 2 cores. The attack tests check the
 # server and the image store rather than an executor, so they run with

@@ -1,12 +1,14 @@
 #!/bin/bash
 # Prepare this machine for the sidewhale tests. Run it as root before the tests, as
 # often as needed: finished steps are skipped. It needs only the Debian package
-# mirror and PyPI, never a Docker daemon.
+# mirror, PyPI and the npm registry, never a Docker daemon.
 #
 # Steps:
 #   1. install the Debian packages the tests use (apt-get update runs only when a
 #      package is missing)
-#   2. install the Python test clients from tests/requirements.txt into .venv
+#   2. install the Python test clients from tests/requirements.txt into .venv, and
+#      the Node test clients of tests/node/package-lock.json into tests/node
+#      (Debian's nodejs and npm are installed when node is missing)
 #   3. create the unprivileged user sidewhale-test
 #   4. build the test images (tests/images/build.sh) unless
 #      ${SIDEWHALE_TEST_CACHE:-/var/cache/sidewhale-tests}/images-HASH exists, where
@@ -19,6 +21,9 @@ source "$REPO_ROOT/tests/images/lib.sh"
 readonly TEST_USER=sidewhale-test
 readonly VENV_DIR="$REPO_ROOT/.venv"
 readonly REQUIREMENTS="$REPO_ROOT/tests/requirements.txt"
+readonly NODE_DIR="$REPO_ROOT/tests/node"
+# testcontainers 11 uses undici 7, which needs this Node release or newer.
+readonly NODE_MIN_VERSION=20.18.1
 
 # Executors use proot, bubblewrap and uidmap. tests/registry.sh uses docker-registry
 # and skopeo. The image build and its checks use debootstrap, umoci, busybox-static
@@ -101,6 +106,36 @@ install_python_clients() {
 	printf '%s\n' "$wanted" >"$stamp"
 }
 
+# Install the Node clients unless node_modules already matches package-lock.json.
+install_node_clients() {
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+		log "Node: installing Debian's nodejs and npm"
+		apt-get update -qq &&
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm ||
+			die "apt-get failed installing nodejs and npm"
+	fi
+	local version
+	version="$(node --version)"
+	version="${version#v}"
+	if [ "$(printf '%s\n%s\n' "$NODE_MIN_VERSION" "$version" | sort -V | head -n 1)" != "$NODE_MIN_VERSION" ]; then
+		die "tests/node needs Node $NODE_MIN_VERSION or newer, found $version; install a newer nodejs"
+	fi
+
+	local stamp="$NODE_DIR/node_modules/.sidewhale-lock.sha256"
+	local wanted
+	wanted="$(sha256sum "$NODE_DIR/package-lock.json" | cut -d' ' -f1)"
+	if [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ]; then
+		log "Node clients: tests/node/node_modules is up to date"
+		return
+	fi
+	log "Node clients: npm ci in $NODE_DIR"
+	# --ignore-scripts: the optional native parts of ssh2 would download Node
+	# headers to build, and the tests do not use them.
+	(cd "$NODE_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) ||
+		die "npm ci in $NODE_DIR failed, check that the npm registry is reachable"
+	printf '%s\n' "$wanted" >"$stamp"
+}
+
 create_test_user() {
 	if id "$TEST_USER" >/dev/null 2>&1; then
 		log "user $TEST_USER: exists"
@@ -135,6 +170,7 @@ main() {
 	[ "$(id -u)" = 0 ] || die "tests/setup.sh must run as root (apt-get, useradd, debootstrap)"
 	install_debian_packages
 	install_python_clients
+	install_node_clients
 	create_test_user
 	build_images
 }

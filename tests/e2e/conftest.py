@@ -6,6 +6,11 @@ Set SIDEWHALE_TEST_USER to run sidewhale as that unprivileged user,
 SIDEWHALE_TEST_EXECUTOR to choose its default executor (--executor), and
 SIDEWHALE_TEST_SERVER_ARGS to add arguments to its command line (split as
 by a POSIX shell), such as --executor-plugin PATH.
+
+SIDEWHALE_TEST_DOCKER_HOST=unix:///PATH or tcp://127.0.0.1:PORT runs the
+tests against a Docker Engine that you started yourself instead, to check
+the expected results against Docker. Tests that send raw HTTP need the tcp
+form, and tests of sidewhale's own files and log fail there.
 """
 
 import os
@@ -18,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -27,6 +33,7 @@ MIRROR = os.environ.get("SIDEWHALE_TEST_MIRROR", "http://127.0.0.1:5000")
 BINARY = pathlib.Path(os.environ.get("SIDEWHALE_BIN", REPO / "target" / "debug" / "sidewhale"))
 EXECUTOR = os.environ.get("SIDEWHALE_TEST_EXECUTOR") or None
 SERVER_ARGS = shlex.split(os.environ.get("SIDEWHALE_TEST_SERVER_ARGS", ""))
+EXTERNAL_DOCKER_HOST = os.environ.get("SIDEWHALE_TEST_DOCKER_HOST") or None
 
 # The README's limitations: bubblewrap maps one user id, so entrypoints that
 # switch users and execs as another user fail.
@@ -115,6 +122,27 @@ class Sidewhale:
         return env
 
 
+class ExternalServer(Sidewhale):
+    """A Docker Engine that the tester started, used in place of sidewhale."""
+
+    def __init__(self, docker_host):
+        url = urllib.parse.urlsplit(docker_host)
+        self.docker_host = docker_host
+        self.port = url.port if url.scheme == "tcp" else None
+        self.socket = pathlib.Path(url.path) if url.scheme == "unix" else None
+        self.user = None
+        self.process = None
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def log_tail(self, lines=40):
+        return f"(external server {self.docker_host}, no sidewhale log)"
+
+
 def check_registry():
     try:
         with urllib.request.urlopen(f"{MIRROR}/v2/", timeout=5) as response:
@@ -125,11 +153,16 @@ def check_registry():
 
 @pytest.fixture(scope="session")
 def sidewhale():
-    if not BINARY.exists():
-        pytest.exit(f"{BINARY} is missing; build it with cargo build", 2)
-    check_registry()
-    root = tempfile.mkdtemp(prefix="sw-")
-    server = Sidewhale(root, os.environ.get("SIDEWHALE_TEST_USER") or None)
+    if EXTERNAL_DOCKER_HOST:
+        check_registry()
+        root = None
+        server = ExternalServer(EXTERNAL_DOCKER_HOST)
+    else:
+        if not BINARY.exists():
+            pytest.exit(f"{BINARY} is missing; build it with cargo build", 2)
+        check_registry()
+        root = tempfile.mkdtemp(prefix="sw-")
+        server = Sidewhale(root, os.environ.get("SIDEWHALE_TEST_USER") or None)
     server.start()
     saved = {key: os.environ.get(key) for key in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED")}
     os.environ["DOCKER_HOST"] = server.docker_host
@@ -141,6 +174,8 @@ def sidewhale():
         else:
             os.environ[key] = value
     server.stop()
+    if root is None:
+        return
     if os.environ.get("SIDEWHALE_TEST_KEEP"):
         print(f"sidewhale state kept in {root}")
     else:
