@@ -1,36 +1,13 @@
 """Docker Engine API behaviour through docker-py and plain HTTP."""
 
-import json
 import socket
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import docker
 import pytest
 
-from conftest import skip_single_user
-
-
-def request(sidewhale, method, path, body=None):
-    """Sends a raw request and returns (status, parsed JSON or text)."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{sidewhale.port}{path}",
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"} if data else {},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as response:
-            status, text = response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        status, text = error.code, error.read().decode()
-    try:
-        return status, json.loads(text)
-    except ValueError:
-        return status, text
+from conftest import request, skip_single_user
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
 //! Renaming containers, and pruning stopped containers and unused images.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use sidewhale_images::RemoveEvent;
 
 use super::create::validate_name;
 use super::model::ContainerRecord;
+use super::volumes::disk_usage;
 use super::{Container, Daemon, Error, Result};
 
 /// The result of a prune, as `POST /containers/prune` and
@@ -48,23 +48,6 @@ impl PruneFilter {
             && self.labels.iter().all(has)
             && !self.not_labels.iter().any(has)
     }
-}
-
-/// Returns the bytes of the files under `path`, without following symlinks.
-fn disk_usage(path: &Path) -> u64 {
-    let Ok(metadata) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if !metadata.is_dir() {
-        return metadata.len();
-    }
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| disk_usage(&entry.path()))
-        .sum()
 }
 
 impl Daemon {

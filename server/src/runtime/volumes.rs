@@ -227,8 +227,8 @@ fn no_such_volume(name: &str) -> Error {
 }
 
 /// Returns the bytes below `path`, counting each file once by its
-/// apparent size.
-fn disk_usage(path: &Path) -> u64 {
+/// apparent size and following no symlinks.
+pub(super) fn disk_usage(path: &Path) -> u64 {
     let Ok(metadata) = std::fs::symlink_metadata(path) else {
         return 0;
     };
