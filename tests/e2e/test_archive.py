@@ -239,8 +239,28 @@ def test_no_overwrite_dir_non_dir(sidewhale, sleeper):
     )
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(request)
-    assert raised.value.code == 409
-    assert "cannot overwrite directory" in json.loads(raised.value.read())["message"]
+    # Docker 20.10 returned 500 with the message: Error processing tar
+    # file(exit status 1): cannot overwrite directory "/clash" with
+    # non-directory "/". Docker 25 and later extract in the daemon process
+    # and leave out the "Error processing tar file(exit status 1): " prefix.
+    assert raised.value.code == 500
+    assert json.loads(raised.value.read())["message"] == (
+        'cannot overwrite directory "/clash" with non-directory "/"'
+    )
+
+    # A directory over a file fails the same way.
+    assert sleeper.put_archive("/tmp", make_tar([("clash-file", "file", b"x", 0o644)]))
+    query = urllib.parse.urlencode({"path": "/tmp", "noOverwriteDirNonDir": "true"})
+    url = f"http://127.0.0.1:{sidewhale.port}/containers/{sleeper.id}/archive?{query}"
+    request = urllib.request.Request(
+        url, data=make_tar([("clash-file", "dir", None, 0o755)]), method="PUT"
+    )
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request)
+    assert raised.value.code == 500
+    assert json.loads(raised.value.read())["message"] == (
+        'cannot overwrite non-directory "/tmp/clash-file" with directory "/tmp"'
+    )
 
     # Without the flag the file replaces the directory, as with Docker.
     assert sleeper.put_archive("/", make_tar([("clash", "file", b"x", 0o644)]))

@@ -143,6 +143,7 @@ def test_events_rename_and_image_events(client, name):
     container = client.containers.create("busybox", ["true"], name=name)
     container.rename(f"{name}-renamed")
     container.remove()
+    image_id = client.images.get("busybox:latest").id
     client.images.get("busybox:latest").tag("ev-tagged", tag=name)
     client.images.remove(f"ev-tagged:{name}")
     client.images.pull("busybox", tag="latest")
@@ -155,6 +156,11 @@ def test_events_rename_and_image_events(client, name):
     assert renames[0]["Actor"]["Attributes"]["name"] == f"{name}-renamed"
     image_actions = [e["Action"] for e in events if e["Type"] == "image"]
     assert image_actions == ["tag", "untag", "pull"]
+    # The image keeps its busybox tag, so Docker sends untag alone, with
+    # the image id as actor. Docker 20.10 named the image id in `name`;
+    # Docker 29's default containerd image store names the removed tag.
+    untag = next(e for e in events if e["Action"] == "untag")
+    assert untag["Actor"] == {"ID": image_id, "Attributes": {"name": f"ev-tagged:{name}"}}
     pull = [e for e in events if e["Action"] == "pull"][0]
     assert pull["Actor"]["ID"] == "busybox:latest"
     assert pull["Actor"]["Attributes"]["name"] == "busybox"

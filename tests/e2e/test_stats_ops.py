@@ -316,5 +316,47 @@ def test_image_prune(private_server, private_client):
     assert client.images.list() == []
     events = list(client.events(decode=True, since=since, until=time.time(), filters={"type": "image"}))
     actions = [event["Action"] for event in events]
-    assert "untag" in actions
-    assert actions[-1] == "delete"
+    untag = next(event for event in events if event["Action"] == "untag")
+    assert untag["Actor"]["ID"] == image.id
+    # Docker 20.10 sent, after its untag and delete events:
+    # {"Type":"image","Action":"prune","Actor":{"ID":"",
+    #  "Attributes":{"reclaimed":"1984357"}}}, the SpaceReclaimed of the prune.
+    assert actions[-2:] == ["delete", "prune"]
+    assert events[-2]["Actor"]["ID"] == image.id
+    prune = events[-1]
+    assert prune["Actor"] == {"ID": "", "Attributes": {"reclaimed": str(result["SpaceReclaimed"])}}
+    assert "id" not in prune
+
+
+def test_image_remove_events(private_server, private_client):
+    """The events of DELETE /images/{name}, as Docker sends them.
+
+    Docker 20.10, removing the tag solo:x of an image that keeps another
+    tag, sent
+    {"status":"untag","id":"sha256:5fbb…","Type":"image","Action":"untag",
+     "Actor":{"ID":"sha256:5fbb…","Attributes":{"name":"sha256:5fbb…"}},
+     "scope":"local",…}
+    and, removing the last tag, the same untag event followed by
+    {"status":"delete","id":"sha256:5fbb…","Type":"image","Action":"delete",
+     "Actor":{"ID":"sha256:5fbb…","Attributes":{"name":"sha256:5fbb…"}},…}.
+    Docker 29 with its default containerd image store names the removed
+    reference instead ({"name":"solo:x"}), which sidewhale follows; a
+    digest reference that goes with its tag gets no event of its own.
+    """
+    client = private_client
+    image = client.images.pull("busybox", tag="latest")
+    client.images.get("busybox:latest").tag("solo", tag="x")
+    since = time.time()
+    assert client.api.remove_image("busybox:latest") == [{"Untagged": "busybox:latest"}]
+    removed = client.api.remove_image("solo:x")
+    assert removed[0] == {"Untagged": "solo:x"}
+    assert removed[-1] == {"Deleted": image.id}
+    events = list(client.events(decode=True, since=since, until=time.time(), filters={"type": "image"}))
+    summary = [(event["Action"], event["Actor"]["ID"], event["Actor"]["Attributes"]) for event in events]
+    assert summary == [
+        ("untag", image.id, {"name": "busybox:latest"}),
+        ("untag", image.id, {"name": "solo:x"}),
+        ("delete", image.id, {"name": image.id}),
+    ]
+    assert all(event["Type"] == "image" and event["status"] == event["Action"] for event in events)
+    assert all(event["id"] == image.id for event in events)

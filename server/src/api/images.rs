@@ -261,12 +261,7 @@ pub async fn remove(
         ));
     }
     let removed = daemon.images.remove(&name, force)?;
-    for event in &removed {
-        match event {
-            sidewhale_images::RemoveEvent::Untagged(tag) => daemon.image_event("untag", &image.id, tag),
-            sidewhale_images::RemoveEvent::Deleted(id) => daemon.image_event("delete", id, id),
-        }
-    }
+    daemon.image_removal_events(&image.id, &removed);
     let body: Vec<Value> = removed
         .into_iter()
         .map(|item| match item {

@@ -278,6 +278,8 @@ pub async fn prune(
                 .any(|filter| label_matches(&network.labels, filter))
             && until.is_none_or(|until| network.created < until)
     });
+    // Networks hold no disk space; Docker reports 0.
+    daemon.prune_event("network", 0);
     Ok(Json(json!({"NetworksDeleted": deleted})))
 }
 

@@ -141,6 +141,7 @@ pub async fn prune_containers(
     let filters = query::filters(&query)?;
     let filter = prune_filter(&filters, &["until", "label", "label!"])?;
     let report = daemon.prune_containers(&filter).await;
+    daemon.prune_event("container", report.space_reclaimed);
     Ok(Json(json!({
         "ContainersDeleted": list_or_null(&report.deleted),
         "SpaceReclaimed": report.space_reclaimed,
@@ -168,6 +169,7 @@ pub async fn prune_images(
         },
     };
     let report = daemon.prune_images(dangling_only, &filter)?;
+    daemon.prune_event("image", report.space_reclaimed);
     let deleted: Vec<Value> = report
         .deleted
         .iter()

@@ -129,6 +129,7 @@ pub async fn prune(
         filter.all |= filter_bool("all", value)?;
     }
     let report = daemon.prune_volumes(&filter);
+    daemon.prune_event("volume", report.space_reclaimed);
     tracing::info!(
         deleted = report.deleted.len(),
         space_reclaimed = report.space_reclaimed,

@@ -10,6 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
+use sidewhale_images::RemoveEvent;
+
 use super::model::ContainerRecord;
 use super::Daemon;
 
@@ -23,11 +25,12 @@ const CHANNEL_SIZE: usize = 256;
 /// One event, as Docker's `events.Message` describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// `container` or `image`.
+    /// `container`, `image`, `volume` or `network`.
     pub kind: &'static str,
     /// `start`, `die`, `exec_create: sh -c date`, `health_status: healthy`.
     pub action: String,
-    /// The container id, the image id, or for `pull` the image reference.
+    /// The container id, the image id, for `pull` the image reference,
+    /// and empty for `prune`.
     pub actor_id: String,
     pub attributes: BTreeMap<String, String>,
     /// Nanoseconds since the Unix epoch.
@@ -37,7 +40,8 @@ pub struct Event {
 impl Event {
     /// Renders the event as one line of `GET /events`, with the legacy
     /// `status`, `id` and (for containers) `from` fields, which clients of
-    /// API 1.47 may still read.
+    /// API 1.47 may still read. Docker fills them for container and image
+    /// events only, and leaves out an empty `id`.
     pub fn to_json(&self) -> Value {
         let mut object = json!({
             "Type": self.kind,
@@ -47,8 +51,13 @@ impl Event {
             "time": self.time_nano.div_euclid(1_000_000_000),
             "timeNano": self.time_nano,
         });
+        if self.kind != "container" && self.kind != "image" {
+            return object;
+        }
         object["status"] = json!(self.action);
-        object["id"] = json!(self.actor_id);
+        if !self.actor_id.is_empty() {
+            object["id"] = json!(self.actor_id);
+        }
         if self.kind == "container" {
             if let Some(image) = self.attributes.get("image") {
                 object["from"] = json!(image);
@@ -228,6 +237,39 @@ impl Daemon {
             time_nano: now_nanos(),
         });
     }
+
+    /// Publishes the events of one image removal in order: `untag` for
+    /// each reference removed, then `delete`. A digest reference removed
+    /// along with a tag gets no event, because Docker's containerd image
+    /// store keeps digests as part of the tagged image record. A digest
+    /// reference removed alone, as for an image pulled by digest, gets one.
+    pub fn image_removal_events(&self, image_id: &str, removed: &[RemoveEvent]) {
+        let removes_tag = removed.iter().any(
+            |event| matches!(event, RemoveEvent::Untagged(name) if !name.contains('@')),
+        );
+        for event in removed {
+            match event {
+                RemoveEvent::Untagged(name) if removes_tag && name.contains('@') => {}
+                RemoveEvent::Untagged(name) => self.image_event("untag", image_id, name),
+                RemoveEvent::Deleted(id) => self.image_event("delete", id, id),
+            }
+        }
+    }
+
+    /// Publishes the `prune` event that Docker sends after each prune of
+    /// `kind` (`container`, `image`, `volume` or `network`), with no actor
+    /// id and the bytes freed as the attribute `reclaimed`.
+    pub fn prune_event(&self, kind: &'static str, reclaimed: u64) {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("reclaimed".to_string(), reclaimed.to_string());
+        self.events.publish(Event {
+            kind,
+            action: "prune".to_string(),
+            actor_id: String::new(),
+            attributes,
+            time_nano: now_nanos(),
+        });
+    }
 }
 
 #[cfg(test)]
@@ -283,6 +325,18 @@ mod tests {
         let value = event("image", "pull", "busybox:latest", &[("name", "busybox")]).to_json();
         assert!(value.get("from").is_none());
         assert_eq!(value["Type"], "image");
+    }
+
+    #[test]
+    fn prune_event_json_matches_docker() {
+        let image = event("image", "prune", "", &[("reclaimed", "1984357")]).to_json();
+        assert_eq!(image["status"], "prune");
+        assert!(image.get("id").is_none());
+        assert_eq!(image["Actor"]["ID"], "");
+        assert_eq!(image["Actor"]["Attributes"]["reclaimed"], "1984357");
+        let volume = event("volume", "prune", "", &[("reclaimed", "0")]).to_json();
+        assert!(volume.get("status").is_none());
+        assert!(volume.get("id").is_none());
     }
 
     #[test]

@@ -388,17 +388,16 @@ impl Extraction<'_> {
         if existing_dir && is_dir_entry {
             return Ok(());
         }
-        if self.options.no_overwrite_dir_non_dir {
-            // NOTE: Docker's status code for this case was not checked.
-            // The docker CLI shows only the message.
+        if self.options.no_overwrite_dir_non_dir && (existing_dir || is_dir_entry) {
+            // Docker returns 500 with a message that names the entry and
+            // then the extraction directory, both as container paths.
+            let destination = format!("/{}", self.destination.join("/"));
             let message = if existing_dir {
-                format!("cannot overwrite directory {guest:?} with non-directory")
+                format!("cannot overwrite directory {guest:?} with non-directory {destination:?}")
             } else {
-                format!("cannot overwrite non-directory {guest:?} with directory")
+                format!("cannot overwrite non-directory {guest:?} with directory {destination:?}")
             };
-            if existing_dir || is_dir_entry {
-                return Err(Error::Conflict(message));
-            }
+            return Err(Error::Internal(message));
         }
         fsutil::remove_tree(path).map_err(|error| write_error(guest, error))
     }
