@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "insecure_registries",
     "executor",
     "network",
+    "user_namespace",
 ];
 
 fn is_config_key(key: &figment::value::UncasedStr) -> bool {
@@ -52,6 +53,37 @@ pub struct Config {
     pub executor: ExecutorConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    /// Whether an unprivileged sidewhale moves itself into a user
+    /// namespace that maps its subordinate ids ("rootless mode").
+    #[serde(default)]
+    pub user_namespace: UserNamespaceMode,
+}
+
+/// The `user_namespace` key. It only applies when sidewhale starts as a
+/// user other than root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserNamespaceMode {
+    /// Enter the user namespace when `newuidmap` and `newgidmap` are
+    /// installed and the user has ranges in `/etc/subuid` and
+    /// `/etc/subgid`. Otherwise log why and run in the host's user
+    /// namespace.
+    #[default]
+    Auto,
+    /// Enter the user namespace. Start-up fails where that is impossible.
+    Required,
+    /// Run in the host's user namespace.
+    Off,
+}
+
+impl UserNamespaceMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UserNamespaceMode::Auto => "auto",
+            UserNamespaceMode::Required => "required",
+            UserNamespaceMode::Off => "off",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -132,6 +164,7 @@ impl Default for Config {
                 plugin_dir: None,
             },
             network: NetworkConfig::default(),
+            user_namespace: UserNamespaceMode::default(),
         }
     }
 }
@@ -154,6 +187,8 @@ pub struct Overrides {
     pub executor: Option<ExecutorOverrides>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_namespace: Option<UserNamespaceMode>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -385,6 +420,40 @@ mod tests {
             let error = Config::load(None, &Overrides::default()).expect_err("unknown mode");
             let message = error.to_string().to_lowercase();
             assert!(message.contains("network.isolation"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn user_namespace_layers() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None, &Overrides::default())
+                .map_err(|error| error.to_string())?;
+            assert_eq!(config.user_namespace, UserNamespaceMode::Auto);
+
+            jail.create_file("userns.toml", "user_namespace = \"off\"")?;
+            let file = Path::new("userns.toml");
+            let config = Config::load(Some(file), &Overrides::default())
+                .map_err(|error| error.to_string())?;
+            assert_eq!(config.user_namespace, UserNamespaceMode::Off);
+
+            jail.set_env("SIDEWHALE_USER_NAMESPACE", "required");
+            let config = Config::load(Some(file), &Overrides::default())
+                .map_err(|error| error.to_string())?;
+            assert_eq!(config.user_namespace, UserNamespaceMode::Required);
+
+            let overrides = Overrides {
+                user_namespace: Some(UserNamespaceMode::Auto),
+                ..Overrides::default()
+            };
+            let config = Config::load(Some(file), &overrides).map_err(|error| error.to_string())?;
+            assert_eq!(config.user_namespace, UserNamespaceMode::Auto);
+
+            jail.set_env("SIDEWHALE_USER_NAMESPACE", "yes");
+            let error = Config::load(None, &Overrides::default()).expect_err("unknown mode");
+            let message = error.to_string().to_lowercase();
+            assert!(message.contains("user_namespace"), "{message}");
+            assert!(message.contains("sidewhale_"), "{message}");
             Ok(())
         });
     }

@@ -4,6 +4,7 @@
 #![recursion_limit = "256"]
 
 mod api;
+mod rootless;
 mod runtime;
 mod state;
 mod stdcopy;
@@ -15,7 +16,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use sidewhale_config::{Config, ExecutorOverrides, NetworkIsolation, NetworkOverrides, Overrides};
+use sidewhale_config::{
+    Config, ExecutorOverrides, NetworkIsolation, NetworkOverrides, Overrides, UserNamespaceMode,
+};
 use sidewhale_core::{Executor, Probe};
 use sidewhale_executors::{
     plugin_paths, BubblewrapExecutor, BubblewrapOptions, ChrootExecutor, PluginExecutor,
@@ -65,6 +68,13 @@ struct Cli {
     /// `host` shares the host's network. [default: auto]
     #[arg(long, value_name = "MODE", value_parser = parse_isolation)]
     network_isolation: Option<NetworkIsolation>,
+    /// Rootless mode, for a sidewhale started by a user other than root:
+    /// `auto` runs it as root in a user namespace that maps the user's
+    /// ranges from /etc/subuid and /etc/subgid when the host allows it,
+    /// `required` fails start-up when it does not, `off` keeps the
+    /// single user id. [default: auto]
+    #[arg(long, value_name = "MODE", value_parser = parse_user_namespace)]
+    user_namespace: Option<UserNamespaceMode>,
 }
 
 fn parse_isolation(text: &str) -> Result<NetworkIsolation, String> {
@@ -74,6 +84,17 @@ fn parse_isolation(text: &str) -> Result<NetworkIsolation, String> {
         "host" => Ok(NetworkIsolation::Host),
         _ => Err(format!(
             "invalid mode {text:?}: expected auto, namespace or host"
+        )),
+    }
+}
+
+fn parse_user_namespace(text: &str) -> Result<UserNamespaceMode, String> {
+    match text {
+        "auto" => Ok(UserNamespaceMode::Auto),
+        "required" => Ok(UserNamespaceMode::Required),
+        "off" => Ok(UserNamespaceMode::Off),
+        _ => Err(format!(
+            "invalid mode {text:?}: expected auto, required or off"
         )),
     }
 }
@@ -95,6 +116,7 @@ impl Cli {
             network: self.network_isolation.map(|isolation| NetworkOverrides {
                 isolation: Some(isolation),
             }),
+            user_namespace: self.user_namespace,
         }
     }
 }
@@ -142,8 +164,7 @@ async fn executors(
     Ok(executors)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     // The hidden holder mode runs inside a container's network namespace;
     // see `sidewhale_netns`.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -152,15 +173,33 @@ async fn main() -> anyhow::Result<()> {
         let Some(socket) = args.get(2) else {
             anyhow::bail!("{} needs a socket path", sidewhale_netns::HOLDER_ARGUMENT);
         };
-        return sidewhale_netns::run_holder(std::path::Path::new(socket))
-            .await
+        return tokio_runtime()?
+            .block_on(sidewhale_netns::run_holder(std::path::Path::new(socket)))
             .context("network namespace holder failed");
     }
     let cli = Cli::parse();
     init_tracing();
     let config = Config::load(cli.config.as_deref(), &cli.overrides())?;
+    // Before the runtime starts its threads: a multithreaded process
+    // cannot enter a new user namespace.
+    rootless::enter(config.user_namespace)?;
+    tokio_runtime()?.block_on(serve(config))
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")
+}
+
+/// Opens the state directory and the image store, probes the executors
+/// and serves the API until a listener fails or a signal arrives.
+async fn serve(config: Config) -> anyhow::Result<()> {
     let _state_lock = state::prepare(&config.state_dir)?;
-    if !config.listen.is_empty() && nix::unistd::geteuid().is_root() {
+    // Root of a rootless user namespace holds only the user's own rights.
+    let real_root = nix::unistd::geteuid().is_root() && rootless::active().is_none();
+    if !config.listen.is_empty() && real_root {
         tracing::warn!(
             "serving the API over TCP as root: any local user who can connect gets root's \
              privileges through it; prefer running sidewhale as an ordinary user"

@@ -74,8 +74,9 @@ def request(server, method, path, body=None):
 class Sidewhale:
     """A running sidewhale process and where to reach it."""
 
-    def __init__(self, root, user):
+    def __init__(self, root, user, args=()):
         self.root = pathlib.Path(root)
+        self.args = list(args)
         self.state_dir = self.root / "state"
         self.log_path = self.root / "sidewhale.log"
         self.port = free_port()
@@ -94,7 +95,7 @@ class Sidewhale:
         ]
         if EXECUTOR:
             command += ["--executor", EXECUTOR]
-        command += SERVER_ARGS
+        command += SERVER_ARGS + self.args
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "SIDEWHALE_LOG": os.environ.get("SIDEWHALE_LOG", "info"),

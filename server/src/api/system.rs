@@ -141,10 +141,20 @@ pub async fn info(State(daemon): State<AppState>) -> impl IntoResponse {
         "Swarm": {"LocalNodeState": "inactive", "NodeID": "", "NodeAddr": ""},
         "LiveRestoreEnabled": false,
         "Isolation": "",
-        "SecurityOptions": [format!("name=netns,mode={}", daemon.isolation.mode())],
+        "SecurityOptions": security_options(&daemon),
         "Warnings": [],
     });
     (api_headers(), Json(body))
+}
+
+/// Returns `/info`'s `SecurityOptions`: the network isolation mode and,
+/// in rootless mode, `name=rootless` as Docker's rootless daemon reports.
+fn security_options(daemon: &AppState) -> Vec<String> {
+    let mut options = vec![format!("name=netns,mode={}", daemon.isolation.mode())];
+    if crate::rootless::active().is_some() {
+        options.push("name=rootless".to_string());
+    }
+    options
 }
 
 /// Reads `MemTotal` from `/proc/meminfo`, in bytes.

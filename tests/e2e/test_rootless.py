@@ -1,0 +1,81 @@
+"""Rootless mode: a sidewhale started by a user other than root runs as
+root of a user namespace that maps the user's subordinate ids.
+
+tests/setup.sh installs uidmap and gives sidewhale-test the range
+100000:65536 in /etc/subuid and /etc/subgid, so the mode is active
+whenever SIDEWHALE_TEST_USER is set.
+"""
+
+import os
+import tempfile
+
+import docker
+import pytest
+
+from conftest import EXECUTOR, Sidewhale, skip_single_user
+
+USER = os.environ.get("SIDEWHALE_TEST_USER") or None
+
+
+@pytest.fixture
+def server_with(request):
+    """Starts a sidewhale of the test's own with extra arguments and
+    returns a docker-py client for it."""
+    started = []
+
+    def start(*args):
+        server = Sidewhale(tempfile.mkdtemp(prefix="sw-userns-"), USER, args)
+        server.start()
+        started.append(server)
+        return docker.DockerClient(base_url=server.docker_host, version="auto", timeout=120)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_info_reports_rootless_mode(docker_client):
+    options = docker_client.info()["SecurityOptions"]
+
+    assert ("name=rootless" in options) == (USER is not None)
+    if USER is not None:
+        # Root of the user namespace may create network namespaces.
+        assert "name=netns,mode=namespace" in options
+
+
+@pytest.mark.skipif(USER is None, reason="root ignores user_namespace")
+def test_user_namespace_off_keeps_single_id(server_with):
+    client = server_with("--user-namespace", "off")
+
+    options = client.info()["SecurityOptions"]
+
+    assert "name=rootless" not in options
+    client.close()
+
+
+@skip_single_user
+def test_chown_to_another_user_is_kept(docker_client):
+    """The ids 1 to 65536 of the container are real ids in rootless
+    mode, so a chown done by an entrypoint is what later reads see."""
+    docker_client.images.pull("busybox", tag="latest")
+
+    output = docker_client.containers.run(
+        "busybox",
+        ["sh", "-c", "touch /tmp/owned && chown 1234:2345 /tmp/owned && stat -c %u:%g /tmp/owned"],
+        remove=True,
+    )
+
+    assert output.decode().strip() == "1234:2345"
+
+
+@pytest.mark.skipif(USER is None, reason="root ignores user_namespace")
+def test_layer_owners_survive_the_pull(docker_client):
+    """/data of the redis image belongs to its redis user in the layer,
+    and keeps that owner in the container's rootfs."""
+    docker_client.images.pull("redis", tag="7")
+
+    output = docker_client.containers.run(
+        "redis:7", ["stat", "-c", "%U:%G", "/data"], entrypoint=[], remove=True
+    )
+
+    assert output.decode().strip() == "redis:redis"
