@@ -19,6 +19,7 @@ mod registry;
 mod proot;
 mod pty;
 mod rootfs;
+mod seccomp;
 mod spawn;
 mod user;
 

@@ -5,12 +5,14 @@ use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::OnceLock;
 
 use sidewhale_core::executor::{BoxedReader, BoxedWriter};
 use sidewhale_core::{ExecutorError, NetworkNamespace};
 use tokio::process::{Child, Command};
 
 use crate::pty::{Pty, PtyStream};
+use crate::seccomp::StatxFilter;
 use crate::user::ResolvedUser;
 
 /// Everything needed to run one process under proot.
@@ -90,10 +92,26 @@ pub(crate) fn spawn(
         sidewhale_netns::join(&mut command, network)
             .map_err(|e| ExecutorError::io("open the container's network namespace", e))?;
     }
+    let filter = statx_filter()?;
+    // SAFETY: `install` only makes system calls on memory prepared before
+    // the fork.
+    unsafe {
+        command.pre_exec(move || filter.install());
+    }
 
     spawn_command(command, spec.tty, spec.open_stdin, &|error| {
         spawn_error(spec, error)
     })
+}
+
+/// Returns the filter that hides `statx` from processes under proot,
+/// compiled on first use.
+fn statx_filter() -> Result<StatxFilter, ExecutorError> {
+    static FILTER: OnceLock<Result<StatxFilter, String>> = OnceLock::new();
+    FILTER
+        .get_or_init(|| StatxFilter::new().map_err(|error| error.to_string()))
+        .clone()
+        .map_err(ExecutorError::Other)
 }
 
 /// Spawns `command` in a new session with the process's streams: with

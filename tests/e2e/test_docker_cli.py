@@ -1,6 +1,7 @@
 """The docker CLI through sidewhale: pull, create, start, ps, logs, exec,
 stop and rm."""
 
+import pathlib
 import subprocess
 import time
 import uuid
@@ -99,3 +100,27 @@ def test_cli_run_interactive_stdin(sidewhale):
     docker(sidewhale, "pull", "busybox")
     result = docker(sidewhale, "run", "-i", "--rm", "busybox", "cat", input="x\n")
     assert result.stdout == "x\n"
+
+
+def test_cli_stat_sees_the_container_files(sidewhale):
+    """GNU coreutils' ls and stat call statx(2). In the container they must
+    see the image's files, not the host's."""
+    docker(sidewhale, "pull", "redis:7")
+
+    # The image's entrypoint script and /data exist in the image only.
+    result = docker(
+        sidewhale, "run", "--rm", "--entrypoint", "", "redis:7",
+        "stat", "-c", "%n %F", "/usr/local/bin/docker-entrypoint.sh", "/data",
+    )
+    assert result.stdout == (
+        "/usr/local/bin/docker-entrypoint.sh regular file\n/data directory\n"
+    )
+
+    # A directory of the host that the image lacks stays invisible.
+    host_only = docker(
+        sidewhale, "run", "--rm", "--entrypoint", "", "redis:7",
+        "ls", "-ld", str(pathlib.Path(__file__).resolve().parent), check=False,
+    )
+    assert host_only.returncode != 0
+    assert "No such file or directory" in host_only.stderr
+
