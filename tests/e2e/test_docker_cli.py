@@ -124,3 +124,18 @@ def test_cli_stat_sees_the_container_files(sidewhale):
     assert host_only.returncode != 0
     assert "No such file or directory" in host_only.stderr
 
+
+def test_cli_run_rm_of_missing_command_exits_127(sidewhale, name):
+    """A start that fails still removes an AutoRemove container, which
+    `docker run --rm` waits for before it exits."""
+    docker(sidewhale, "pull", "busybox")
+
+    result = docker(
+        sidewhale, "run", "--rm", "--name", name, "busybox", "/no/such/program",
+        check=False, timeout=60,
+    )
+
+    assert result.returncode == 127
+    assert "/no/such/program" in result.stderr
+    gone = docker(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}}")
+    assert gone.stdout == ""

@@ -150,7 +150,10 @@ impl Daemon {
 
     /// Records a failed start as Docker does: the container is exited with
     /// 127 (not found) or 126 (not executable) and the error in its state.
-    fn record_start_failure(&self, container: &Container, error: ExecutorError) -> Error {
+    /// A container with `AutoRemove` is then removed, with its anonymous
+    /// volumes, as Docker removes it. `docker run --rm` waits for that
+    /// removal after a failed start.
+    fn record_start_failure(self: &Arc<Self>, container: &Arc<Container>, error: ExecutorError) -> Error {
         let exit_code = match &error {
             ExecutorError::NotFound(_) => 127,
             ExecutorError::NotExecutable(_) => 126,
@@ -165,6 +168,13 @@ impl Daemon {
             record.state.finished_at = Some(chrono::Utc::now());
             record.state.exits += 1;
         });
+        if container.record().auto_remove {
+            // The caller holds the container's lifecycle lock, which
+            // removal takes, so it runs once the caller returns.
+            let daemon = self.clone();
+            let container = container.clone();
+            tokio::spawn(async move { daemon.auto_remove(&container).await });
+        }
         match error {
             ExecutorError::Unavailable { .. }
             | ExecutorError::Io { .. }
@@ -234,12 +244,18 @@ impl Daemon {
             }
         }
         if record.auto_remove {
-            // Docker's AutoRemove also removes anonymous volumes.
-            match self.remove_container(container, true).await {
-                Ok(()) => self.remove_anonymous_volumes(&record),
-                Err(error) => {
-                    tracing::warn!(container = %&record.id[..12], %error, "failed to auto-remove container");
-                }
+            self.auto_remove(container).await;
+        }
+    }
+
+    /// Removes an exited container with `AutoRemove`, and its anonymous
+    /// volumes as Docker's AutoRemove does.
+    async fn auto_remove(&self, container: &Arc<Container>) {
+        let record = container.record();
+        match self.remove_container(container, true).await {
+            Ok(()) => self.remove_anonymous_volumes(&record),
+            Err(error) => {
+                tracing::warn!(container = %&record.id[..12], %error, "failed to auto-remove container");
             }
         }
     }
