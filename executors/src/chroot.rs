@@ -1,6 +1,7 @@
 //! The `chroot` executor: runs image processes with `chroot(2)` in their
-//! own mount, UTS and IPC namespaces. It needs root (`CAP_SYS_ADMIN` and
-//! `CAP_SYS_CHROOT`) and gives no PID namespace, so the container's
+//! own mount, UTS and IPC namespaces, and in the network namespace the
+//! server made for the container, if any. It needs root (`CAP_SYS_ADMIN`
+//! and `CAP_SYS_CHROOT`) and gives no PID namespace, so the container's
 //! processes see the host's in `/proc`.
 //!
 //! The main process sets itself up between fork and exec: a private mount
@@ -26,7 +27,9 @@ use sidewhale_core::{ContainerSpec, Executor, ExecutorError, Probe, Process, Pro
 use tokio::process::Command;
 
 use crate::control::{watch_exit, ChildControl, Scope, Tracee};
-use crate::launch::{check_process, create_mount_points, find_on_host_path, CheckedProcess};
+use crate::launch::{
+    check_process, create_mount_points, find_on_host_path, join_network, CheckedProcess,
+};
 use crate::procfs::{LinuxProcessTable, ProcessTable};
 use crate::registry::Registry;
 use crate::rootfs::RootfsView;
@@ -188,6 +191,10 @@ impl Executor for ChrootExecutor {
         }
     }
 
+    fn supports_network_namespace(&self) -> bool {
+        true
+    }
+
     async fn start(&self, container: &ContainerSpec) -> Result<Process, ExecutorError> {
         let view = RootfsView::new(&container.rootfs, &view_binds(container));
         let checked = check_process(&view, &container.process)?;
@@ -207,6 +214,7 @@ impl Executor for ChrootExecutor {
             credentials: Credentials::new(&checked)?,
         };
         let mut command = command_for(&checked);
+        join_network(&mut command, container)?;
         // SAFETY: `MainSetup::enter` only makes system calls (unshare,
         // mount, sethostname, chroot, chdir, setgroups, setgid, setuid) on
         // memory prepared before the fork; it does not allocate.
@@ -253,6 +261,7 @@ impl Executor for ChrootExecutor {
             credentials: Credentials::new(&checked)?,
         };
         let mut command = command_for(&checked);
+        join_network(&mut command, container)?;
         // SAFETY: `ExecSetup::enter` only makes system calls (setns,
         // fchdir, chroot, chdir, setgroups, setgid, setuid) on fds and
         // memory prepared before the fork; it does not allocate.

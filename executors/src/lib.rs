@@ -21,6 +21,7 @@ mod pty;
 mod rootfs;
 mod spawn;
 mod user;
+mod userns;
 
 pub use bubblewrap::{BubblewrapExecutor, BubblewrapOptions};
 pub use chroot::ChrootExecutor;
