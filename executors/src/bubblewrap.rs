@@ -1,6 +1,9 @@
 //! The `bubblewrap` executor: runs image processes with `bwrap` in new
-//! user, mount, PID, IPC and UTS namespaces. It needs no privileges where
-//! the kernel allows unprivileged user namespaces.
+//! user, mount, PID, IPC and UTS namespaces, and in the network namespace
+//! the server made for the container, if any. When sidewhale is uid 0 of
+//! its user namespace, the container's user namespace maps every id (see
+//! `userns`). Otherwise bwrap maps the image user alone, which needs no
+//! privileges where the kernel allows unprivileged user namespaces.
 //!
 //! Process layout (bwrap 0.8.0, without `--as-pid-1`): sidewhale spawns
 //! bwrap, whose child is pid 1 of the new PID namespace and reaps zombies.
@@ -24,7 +27,9 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -34,12 +39,14 @@ use tokio::process::{Child, Command};
 
 use crate::control::{watch_exit, ChildControl, Scope, Tracee};
 use crate::launch::{
-    check_process, create_mount_points, find_on_host_path, run_with_timeout, CheckedProcess,
+    check_process, create_mount_points, find_on_host_path, join_network, run_with_timeout,
+    CheckedProcess,
 };
 use crate::procfs::{LinuxProcessTable, ProcessTable};
 use crate::registry::Registry;
 use crate::rootfs::RootfsView;
 use crate::spawn::{spawn_command, Spawned};
+use crate::userns::{can_map_every_id, ContainerUserNamespace};
 
 /// How long `start` waits for bwrap to fork the image's process.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,10 +67,12 @@ pub struct BubblewrapOptions {
 struct Sandbox {
     /// Host pid of bwrap's init, pid 1 of the container.
     init_pid: i32,
-    /// The ids the container's user namespace maps, the only ones an
+    /// The main process's user. Without `every_id_mapped` these are the
+    /// only ids the container's user namespace maps, so the only ones an
     /// exec can run as.
     uid: u32,
     gid: u32,
+    every_id_mapped: bool,
 }
 
 /// Runs container processes with bubblewrap.
@@ -73,6 +82,11 @@ pub struct BubblewrapExecutor {
     table: Arc<dyn ProcessTable>,
     registry: Registry,
     sandboxes: Arc<Mutex<HashMap<String, Sandbox>>>,
+    /// Whether containers get user namespaces that map every id of
+    /// sidewhale's own (see `userns`), rather than the single id bwrap's
+    /// `--unshare-user` maps. Set when sidewhale is uid 0 of its user
+    /// namespace; `probe` clears it when such namespaces fail here.
+    every_id_mapped: AtomicBool,
 }
 
 impl BubblewrapExecutor {
@@ -92,7 +106,64 @@ impl BubblewrapExecutor {
             table: Arc::new(LinuxProcessTable::default()),
             registry: Registry::default(),
             sandboxes: Arc::new(Mutex::new(HashMap::new())),
+            every_id_mapped: AtomicBool::new(can_map_every_id()),
         }
+    }
+
+    /// Returns whether containers get user namespaces that map every id.
+    fn maps_every_id(&self) -> bool {
+        self.every_id_mapped.load(Ordering::Relaxed)
+    }
+
+    /// Creates the user namespaces of a sandbox whose main process runs
+    /// as `uid`, or returns `None` when bwrap maps a single id.
+    async fn create_user_namespace(
+        &self,
+        uid: u32,
+    ) -> Result<Option<ContainerUserNamespace>, ExecutorError> {
+        if !self.maps_every_id() {
+            return Ok(None);
+        }
+        let created = tokio::task::spawn_blocking(move || ContainerUserNamespace::create(uid))
+            .await
+            .map_err(|error| ExecutorError::Other(format!("user namespace task failed: {error}")))?
+            .map_err(|error| ExecutorError::io("create the container's user namespaces", error))?;
+        Ok(Some(created))
+    }
+
+    /// Checks that bwrap can run in namespaces made by
+    /// `ContainerUserNamespace`, as a user other than root.
+    async fn probe_every_id_mapped(&self, true_path: &Path) -> Result<(), String> {
+        const NOBODY: u32 = 65534;
+        let namespace = self
+            .create_user_namespace(NOBODY)
+            .await
+            .map_err(|error| error.to_string())?
+            .ok_or("sidewhale is not uid 0 of its user namespace")?;
+
+        let mut command = Command::new(&self.bwrap);
+        command
+            .arg("--userns")
+            .arg(namespace.inner.as_raw_fd().to_string())
+            .args(SHARED_NAMESPACE_ARGS)
+            .args(PROBE_MOUNT_ARGS)
+            .args(["--uid", "65534", "--gid", "65534", "--"])
+            .arg(true_path);
+        let credentials = Credentials {
+            outer_user_namespace: Some(namespace.outer.as_raw_fd()),
+            inherited_fd: Some(namespace.inner.as_raw_fd()),
+            groups: vec![NOBODY],
+            gid: NOBODY,
+            uid: Some(NOBODY),
+        };
+        // SAFETY: `Credentials::apply` only makes async-signal-safe system
+        // calls on fds and memory prepared before the fork.
+        unsafe {
+            command.pre_exec(move || credentials.apply());
+        }
+        run_with_timeout(&mut command)
+            .await
+            .map_err(|error| error.to_string())
     }
 
     fn sandboxes(&self) -> MutexGuard<'_, HashMap<String, Sandbox>> {
@@ -203,19 +274,26 @@ impl Executor for BubblewrapExecutor {
         let Some(true_path) = find_on_host_path("true") else {
             return Probe::Available;
         };
+        if self.maps_every_id() {
+            match self.probe_every_id_mapped(&true_path).await {
+                Ok(()) => return Probe::Available,
+                Err(reason) => {
+                    tracing::warn!(
+                        %reason,
+                        "bwrap cannot run in user namespaces that map every id: \
+                         containers map only their main process's user, so images \
+                         that switch users fail"
+                    );
+                    self.every_id_mapped.store(false, Ordering::Relaxed);
+                }
+            }
+        }
         let mut command = Command::new(&self.bwrap);
         command
-            .args(NAMESPACE_ARGS)
-            .args([
-                "--ro-bind",
-                "/",
-                "/",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--",
-            ])
+            .arg("--unshare-user")
+            .args(SHARED_NAMESPACE_ARGS)
+            .args(PROBE_MOUNT_ARGS)
+            .arg("--")
             .arg(&true_path);
         match run_with_timeout(&mut command).await {
             Ok(()) => Probe::Available,
@@ -226,11 +304,17 @@ impl Executor for BubblewrapExecutor {
         }
     }
 
+    fn supports_network_namespace(&self) -> bool {
+        true
+    }
+
     async fn start(&self, container: &ContainerSpec) -> Result<Process, ExecutorError> {
         let view = RootfsView::new(&container.rootfs, &mount_binds(container));
         let checked = check_process(&view, &container.process)?;
         create_mount_points(container, &[]);
-        let args = bwrap_args(container, &view, &checked)?;
+        let user_namespace = self.create_user_namespace(checked.user.uid).await?;
+        let inner_fd = user_namespace.as_ref().map(|ns| ns.inner.as_raw_fd());
+        let args = bwrap_args(container, &view, &checked, inner_fd)?;
 
         let mut command = Command::new(&self.bwrap);
         command
@@ -238,6 +322,21 @@ impl Executor for BubblewrapExecutor {
             .env_clear()
             .envs(checked.env.iter().map(|(key, value)| (key, value)))
             .current_dir("/");
+        join_network(&mut command, container)?;
+        if let Some(namespace) = &user_namespace {
+            let credentials = Credentials {
+                outer_user_namespace: Some(namespace.outer.as_raw_fd()),
+                inherited_fd: Some(namespace.inner.as_raw_fd()),
+                groups: checked.groups.clone(),
+                gid: checked.user.gid,
+                uid: Some(checked.user.uid),
+            };
+            // SAFETY: `Credentials::apply` only makes async-signal-safe
+            // system calls on fds and memory prepared before the fork.
+            unsafe {
+                command.pre_exec(move || credentials.apply());
+            }
+        }
         let bwrap = self.bwrap.clone();
         let mut spawned = spawn_command(
             command,
@@ -245,6 +344,9 @@ impl Executor for BubblewrapExecutor {
             container.process.open_stdin,
             &|error| missing_binary_error(&bwrap, "bubblewrap", error),
         )?;
+        // bwrap has joined the namespaces, which now live as long as the
+        // sandbox does.
+        drop(user_namespace);
 
         let bwrap_pid = child_pid(&spawned.child)?;
         let init = self.wait_for_child(&mut spawned.child, bwrap_pid).await;
@@ -260,6 +362,8 @@ impl Executor for BubblewrapExecutor {
             argv = ?checked.argv,
             uid = checked.user.uid,
             gid = checked.user.gid,
+            every_id_mapped = inner_fd.is_some(),
+            network_namespace = container.network.is_some(),
             tty = container.process.tty,
             "spawned bwrap"
         );
@@ -271,6 +375,7 @@ impl Executor for BubblewrapExecutor {
                     init_pid,
                     uid: checked.user.uid,
                     gid: checked.user.gid,
+                    every_id_mapped: inner_fd.is_some(),
                 },
             );
         }
@@ -292,21 +397,42 @@ impl Executor for BubblewrapExecutor {
 
         let view = RootfsView::new(&container.rootfs, &mount_binds(container));
         let checked = check_process(&view, process)?;
-        if checked.user.uid != sandbox.uid || checked.user.gid != sandbox.gid {
+        let other_user = checked.user.uid != sandbox.uid || checked.user.gid != sandbox.gid;
+        if other_user && !sandbox.every_id_mapped {
             return Err(ExecutorError::Other(format!(
                 "bubblewrap maps only the main process's user ({}:{}) into the \
-                 container, so exec cannot run as {}:{}; use the proot or chroot \
-                 executor for images that switch users",
+                 container when sidewhale is not root, so exec cannot run as \
+                 {}:{}; run sidewhale as root, or use the proot executor for \
+                 images that switch users",
                 sandbox.uid, sandbox.gid, checked.user.uid, checked.user.gid
             )));
         }
 
+        let switch_user = sandbox.every_id_mapped.then_some(checked.user.uid);
         let mut command = Command::new(&self.nsenter);
         command
-            .args(nsenter_args(sandbox.init_pid, &checked))
+            .args(nsenter_args(sandbox.init_pid, &checked, switch_user))
             .env_clear()
             .envs(checked.env.iter().map(|(key, value)| (key, value)))
             .current_dir("/");
+        join_network(&mut command, container)?;
+        if sandbox.every_id_mapped {
+            // sidewhale's uid 0 has every capability in the container's
+            // user namespace, so nsenter joins it as root and switches to
+            // the user last.
+            let credentials = Credentials {
+                outer_user_namespace: None,
+                inherited_fd: None,
+                groups: checked.groups.clone(),
+                gid: checked.user.gid,
+                uid: None,
+            };
+            // SAFETY: `Credentials::apply` only makes async-signal-safe
+            // system calls on memory prepared before the fork.
+            unsafe {
+                command.pre_exec(move || credentials.apply());
+            }
+        }
         let nsenter = self.nsenter.clone();
         let mut spawned = spawn_command(command, process.tty, process.open_stdin, &|error| {
             missing_binary_error(&nsenter, "util-linux", error)
@@ -334,14 +460,58 @@ impl Executor for BubblewrapExecutor {
     }
 }
 
-/// The namespaces every container gets. The network namespace is shared
-/// with the host, because published ports are relayed to loopback.
-const NAMESPACE_ARGS: [&str; 4] = [
-    "--unshare-user",
-    "--unshare-pid",
-    "--unshare-ipc",
-    "--unshare-uts",
-];
+/// The namespaces bwrap creates for every container, besides the user
+/// namespace. The network namespace is the one the server made for the
+/// container, or the host's.
+const SHARED_NAMESPACE_ARGS: [&str; 3] = ["--unshare-pid", "--unshare-ipc", "--unshare-uts"];
+
+/// The host's own root as a read-only sandbox, for `probe`.
+const PROBE_MOUNT_ARGS: [&str; 7] = ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"];
+
+/// What a process does between fork and exec to take the container's
+/// credentials when the container's user namespace maps every id.
+struct Credentials {
+    /// The outer namespace of `ContainerUserNamespace`, joined first so
+    /// that bwrap, as the inner namespace's owner, can join that one.
+    outer_user_namespace: Option<RawFd>,
+    /// A descriptor the program must inherit: the inner namespace, whose
+    /// number is bwrap's `--userns` argument.
+    inherited_fd: Option<RawFd>,
+    groups: Vec<libc::gid_t>,
+    gid: libc::gid_t,
+    /// The uid to switch to, after the groups. `None` stays uid 0.
+    uid: Option<libc::uid_t>,
+}
+
+impl Credentials {
+    /// Applies the credentials to the calling process. Only makes
+    /// async-signal-safe system calls, so it may run in `pre_exec`.
+    fn apply(&self) -> std::io::Result<()> {
+        let check = |result: libc::c_int| {
+            if result < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // SAFETY: every call gets descriptors and memory prepared before
+        // the fork.
+        unsafe {
+            if let Some(namespace) = self.outer_user_namespace {
+                check(libc::setns(namespace, libc::CLONE_NEWUSER))?;
+            }
+            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
+            check(libc::setresgid(self.gid, self.gid, self.gid))?;
+            if let Some(uid) = self.uid {
+                check(libc::setresuid(uid, uid, uid))?;
+            }
+            if let Some(fd) = self.inherited_fd {
+                check(libc::fcntl(fd, libc::F_SETFD, 0))?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Returns the server's mounts as `(host source, guest destination)`
 /// pairs for a `RootfsView`.
@@ -354,6 +524,8 @@ fn mount_binds(container: &ContainerSpec) -> Vec<(PathBuf, String)> {
 }
 
 /// Returns bwrap's arguments for the main process of `container`.
+/// `user_namespace` is the descriptor of a user namespace to join; `None`
+/// makes bwrap create one that maps the main process's user alone.
 ///
 /// NOTE: bwrap 0.8.0 always sets `PWD` to the working dir, so the
 /// environment contains `PWD` even when the image does not set it.
@@ -361,8 +533,13 @@ fn bwrap_args(
     container: &ContainerSpec,
     view: &RootfsView,
     checked: &CheckedProcess,
+    user_namespace: Option<RawFd>,
 ) -> Result<Vec<OsString>, ExecutorError> {
-    let mut args: Vec<OsString> = NAMESPACE_ARGS.iter().map(OsString::from).collect();
+    let mut args: Vec<OsString> = match user_namespace {
+        Some(fd) => vec!["--userns".into(), fd.to_string().into()],
+        None => vec!["--unshare-user".into()],
+    };
+    args.extend(SHARED_NAMESPACE_ARGS.iter().map(OsString::from));
     args.extend(["--die-with-parent".into()]);
     if !container.process.tty {
         // A new session keeps the process from injecting input into a
@@ -409,8 +586,14 @@ fn bwrap_args(
 /// Returns nsenter's arguments for an exec in the sandbox of `init_pid`.
 /// `--root` without a value takes the init's root, the container's `/`,
 /// and `--wdns` is resolved inside it. `--preserve-credentials` keeps the
-/// host ids, which the user namespace maps to the main process's user.
-fn nsenter_args(init_pid: i32, checked: &CheckedProcess) -> Vec<OsString> {
+/// groups and gid set before nsenter runs, and the uid unless
+/// `switch_user` names one. Without it, the host ids stay, which a
+/// single-id user namespace maps to the main process's user.
+fn nsenter_args(
+    init_pid: i32,
+    checked: &CheckedProcess,
+    switch_user: Option<u32>,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--target".into(),
         init_pid.to_string().into(),
@@ -420,11 +603,18 @@ fn nsenter_args(init_pid: i32, checked: &CheckedProcess) -> Vec<OsString> {
         "--ipc".into(),
         "--uts".into(),
         "--preserve-credentials".into(),
+    ];
+    if let Some(uid) = switch_user {
+        // nsenter 2.38.1 calls setuid alone for --setuid without
+        // --setgid, after joining the namespaces.
+        args.extend(["--setuid".into(), uid.to_string().into()]);
+    }
+    args.extend([
         "--root".into(),
         // nsenter 2.38.1 takes the value of --wdns only after `=`.
         format!("--wdns={}", checked.working_dir).into(),
         "--".into(),
-    ];
+    ]);
     args.extend(checked.argv.iter().map(OsString::from));
     args
 }
@@ -535,7 +725,7 @@ mod tests {
         let container = container();
         let view = RootfsView::new(&container.rootfs, &mount_binds(&container));
 
-        let args = joined(bwrap_args(&container, &view, &checked()).unwrap());
+        let args = joined(bwrap_args(&container, &view, &checked(), None).unwrap());
 
         assert!(args.starts_with("--unshare-user --unshare-pid --unshare-ipc --unshare-uts "));
         assert!(!args.contains("--unshare-net"), "{args}");
@@ -553,19 +743,41 @@ mod tests {
         container.process.tty = true;
         let view = RootfsView::new(&container.rootfs, &[]);
 
-        let args = joined(bwrap_args(&container, &view, &checked()).unwrap());
+        let args = joined(bwrap_args(&container, &view, &checked(), None).unwrap());
 
         assert!(!args.contains("--new-session"), "{args}");
     }
 
     #[test]
+    fn bwrap_args_join_given_user_namespace() {
+        let container = container();
+        let view = RootfsView::new(&container.rootfs, &[]);
+
+        let args = joined(bwrap_args(&container, &view, &checked(), Some(7)).unwrap());
+
+        assert!(args.starts_with("--userns 7 --unshare-pid --unshare-ipc --unshare-uts "));
+        assert!(!args.contains("--unshare-user"), "{args}");
+        assert!(args.contains(" --uid 1000 --gid 50 "), "{args}");
+    }
+
+    #[test]
     fn nsenter_args_enter_every_namespace() {
-        let args = joined(nsenter_args(42, &checked()));
+        let args = joined(nsenter_args(42, &checked(), None));
 
         assert_eq!(
             args,
             "--target 42 --user --mount --pid --ipc --uts --preserve-credentials \
              --root --wdns=/app -- sh -c echo hi"
+        );
+    }
+
+    #[test]
+    fn nsenter_args_switch_user_last() {
+        let args = joined(nsenter_args(42, &checked(), Some(1000)));
+
+        assert!(
+            args.contains(" --preserve-credentials --setuid 1000 --root "),
+            "{args}"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The `chroot` executor: runs image processes with `chroot(2)` in their
-//! own mount, UTS and IPC namespaces. It needs root (`CAP_SYS_ADMIN` and
-//! `CAP_SYS_CHROOT`) and gives no PID namespace, so the container's
+//! own mount, UTS and IPC namespaces, and in the network namespace the
+//! server made for the container, if any. It needs root (`CAP_SYS_ADMIN`
+//! and `CAP_SYS_CHROOT`) and gives no PID namespace, so the container's
 //! processes see the host's in `/proc`.
 //!
 //! The main process sets itself up between fork and exec: a private mount
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,7 +27,9 @@ use sidewhale_core::{ContainerSpec, Executor, ExecutorError, Probe, Process, Pro
 use tokio::process::Command;
 
 use crate::control::{watch_exit, ChildControl, Scope, Tracee};
-use crate::launch::{check_process, create_mount_points, find_on_host_path, CheckedProcess};
+use crate::launch::{
+    check_process, create_mount_points, find_on_host_path, join_network, CheckedProcess,
+};
 use crate::procfs::{LinuxProcessTable, ProcessTable};
 use crate::registry::Registry;
 use crate::rootfs::RootfsView;
@@ -64,8 +67,8 @@ impl ChrootExecutor {
     }
 
     /// Spawns `command`, whose `pre_exec` enters the container, and starts
-    /// watching it. `report` is the read end of the pipe on which a main
-    /// process sends its mount namespace inode. `None` marks an exec.
+    /// watching it. `report` is the socket on which a main process sends
+    /// a descriptor of its mount namespace. `None` marks an exec.
     fn launch(
         &self,
         container: &ContainerSpec,
@@ -86,9 +89,15 @@ impl ChrootExecutor {
             .ok_or_else(|| {
                 ExecutorError::Other("the process exited before its pid was known".into())
             })?;
-        let namespace = report.map(read_namespace).transpose()?;
+        let namespace = report.map(receive_namespace).transpose()?;
+        let inode = namespace.as_ref().map(|(inode, _)| *inode);
+        // The kernel reuses the inode number of a freed namespace for the
+        // next one, of any type. Holding the descriptor until the exit
+        // handling below has killed the leftovers keeps another
+        // container's namespace from taking the number.
+        let pinned_namespace = namespace.map(|(_, descriptor)| descriptor);
 
-        let scope = match namespace {
+        let scope = match inode {
             Some(namespace) => {
                 self.mains().insert(container.id.clone(), pid);
                 Scope::MountNamespace(namespace)
@@ -128,6 +137,7 @@ impl ChrootExecutor {
                     .remove(&container_id);
             }
             on_exit(status);
+            drop(pinned_namespace);
         });
 
         Ok(Process {
@@ -188,6 +198,10 @@ impl Executor for ChrootExecutor {
         }
     }
 
+    fn supports_network_namespace(&self) -> bool {
+        true
+    }
+
     async fn start(&self, container: &ContainerSpec) -> Result<Process, ExecutorError> {
         let view = RootfsView::new(&container.rootfs, &view_binds(container));
         let checked = check_process(&view, &container.process)?;
@@ -197,8 +211,8 @@ impl Executor for ChrootExecutor {
         }
         create_mount_points(container, &host_binds());
 
-        let (report, report_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| ExecutorError::io("create a pipe", e.into()))?;
+        let (report, report_writer) =
+            socket_pair().map_err(|e| ExecutorError::io("create a socket pair", e))?;
         let setup = MainSetup {
             report: report_writer,
             mounts: mount_steps(container, &view)?,
@@ -207,13 +221,14 @@ impl Executor for ChrootExecutor {
             credentials: Credentials::new(&checked)?,
         };
         let mut command = command_for(&checked);
+        join_network(&mut command, container)?;
         // SAFETY: `MainSetup::enter` only makes system calls (unshare,
         // mount, sethostname, chroot, chdir, setgroups, setgid, setuid) on
         // memory prepared before the fork; it does not allocate.
         unsafe {
             command.pre_exec(move || setup.enter());
         }
-        // The command owns the pipe's write end until it is dropped
+        // The command owns the socket's sending end until it is dropped
         // inside `launch`, after the spawn.
         self.launch(
             container,
@@ -253,6 +268,7 @@ impl Executor for ChrootExecutor {
             credentials: Credentials::new(&checked)?,
         };
         let mut command = command_for(&checked);
+        join_network(&mut command, container)?;
         // SAFETY: `ExecSetup::enter` only makes system calls (setns,
         // fchdir, chroot, chdir, setgroups, setgid, setuid) on fds and
         // memory prepared before the fork; it does not allocate.
@@ -434,9 +450,9 @@ impl Credentials {
 
 /// The setup a main process runs between fork and exec.
 struct MainSetup {
-    /// The write end of a pipe on which the process reports the inode of
-    /// its new mount namespace, which it may leave too soon for the
-    /// parent to read from `/proc`.
+    /// The socket on which the process sends a descriptor of its new
+    /// mount namespace, which it may leave too soon for the parent to
+    /// open it from `/proc`.
     report: OwnedFd,
     mounts: Vec<MountStep>,
     hostname: Vec<u8>,
@@ -470,37 +486,112 @@ impl MainSetup {
 }
 
 impl MainSetup {
+    /// Sends a descriptor of the process's mount namespace over `report`
+    /// with `SCM_RIGHTS`. Makes only async-signal-safe calls on stack
+    /// memory.
     fn report_namespace(&self) -> io::Result<()> {
-        // SAFETY: `stat` is a plain struct that stat(2) fills in; the path
-        // is a NUL-terminated literal, and write(2) reads 8 bytes of a
-        // local u64.
+        // SAFETY: the path is a NUL-terminated literal. The message points
+        // to `byte` and `control`, which outlive sendmsg, and `control`
+        // is aligned for `cmsghdr` and larger than
+        // CMSG_SPACE(sizeof(int)), which the header macros address.
         unsafe {
-            let mut status: libc::stat = std::mem::zeroed();
-            check(libc::stat(c"/proc/self/ns/mnt".as_ptr(), &mut status))?;
-            let inode: u64 = status.st_ino;
-            let written = libc::write(
-                self.report.as_raw_fd(),
-                (&inode as *const u64).cast(),
-                std::mem::size_of::<u64>(),
+            let namespace = libc::open(
+                c"/proc/self/ns/mnt".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
             );
-            if written != std::mem::size_of::<u64>() as isize {
-                return Err(io::Error::last_os_error());
+            check(namespace)?;
+
+            let mut byte = [0u8; 1];
+            let mut data = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: byte.len(),
+            };
+            let mut control = [0u64; 8];
+            let mut message: libc::msghdr = std::mem::zeroed();
+            message.msg_iov = &mut data;
+            message.msg_iovlen = 1;
+            message.msg_control = control.as_mut_ptr().cast();
+            message.msg_controllen = libc::CMSG_SPACE(FD_SIZE) as _;
+            let header = libc::CMSG_FIRSTHDR(&message);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(FD_SIZE) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<libc::c_int>(), namespace);
+
+            let sent = libc::sendmsg(self.report.as_raw_fd(), &message, 0);
+            let error = io::Error::last_os_error();
+            libc::close(namespace);
+            if sent != 1 {
+                return Err(error);
             }
         }
         Ok(())
     }
 }
 
-/// Reads the mount namespace inode that `MainSetup` wrote before the
-/// exec. `spawn` returns only after the exec, so the value is there.
-fn read_namespace(report: OwnedFd) -> Result<u64, ExecutorError> {
-    use std::io::Read;
+/// The size of a descriptor in an `SCM_RIGHTS` message.
+const FD_SIZE: libc::c_uint = std::mem::size_of::<libc::c_int>() as libc::c_uint;
 
-    let mut bytes = [0u8; 8];
-    File::from(report)
-        .read_exact(&mut bytes)
-        .map_err(|e| ExecutorError::io("read the container's mount namespace", e))?;
-    Ok(u64::from_ne_bytes(bytes))
+/// Returns a connected pair of close-on-exec unix stream sockets.
+fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors socketpair returns.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair returned two new descriptors that nothing else
+    // owns.
+    unsafe { Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
+}
+
+/// Receives the mount namespace descriptor that `MainSetup` sent before
+/// the exec, and returns its inode with it. `spawn` returns only after
+/// the exec, so the message is there.
+fn receive_namespace(report: OwnedFd) -> Result<(u64, OwnedFd), ExecutorError> {
+    let failed =
+        |error: io::Error| ExecutorError::io("receive the container's mount namespace", error);
+
+    let mut byte = [0u8; 1];
+    let mut data = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: the message points to `data` and `control`, which outlive
+    // recvmsg, and `control` is aligned for `cmsghdr` and has room for
+    // one descriptor.
+    let namespace = unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut data;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&control) as _;
+        let received = libc::recvmsg(report.as_raw_fd(), &mut message, libc::MSG_CMSG_CLOEXEC);
+        if received < 0 {
+            return Err(failed(io::Error::last_os_error()));
+        }
+        let header = libc::CMSG_FIRSTHDR(&message);
+        if received != 1
+            || header.is_null()
+            || (*header).cmsg_level != libc::SOL_SOCKET
+            || (*header).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(failed(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the process exited before it sent its mount namespace",
+            )));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<libc::c_int>());
+        OwnedFd::from_raw_fd(fd)
+    };
+
+    let status = nix::sys::stat::fstat(namespace.as_raw_fd()).map_err(|e| failed(e.into()))?;
+    Ok((status.st_ino, namespace))
 }
 
 /// The setup an exec runs between fork and exec: it joins the main

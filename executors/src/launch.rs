@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use sidewhale_core::{ContainerSpec, ExecutorError, ProcessSpec};
+use tokio::process::Command;
 
 use crate::rootfs::{RootfsView, DEFAULT_PATH};
 use crate::user::{resolve_user, supplementary_groups, ResolvedUser};
@@ -129,6 +130,20 @@ pub(crate) async fn run_with_timeout(command: &mut tokio::process::Command) -> R
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     Err(format!("{}: {}", output.status, stderr.trim()))
+}
+
+/// Makes `command` start in the container's network namespace, if the
+/// server made one. Register this before any `pre_exec` that drops
+/// privileges: joining needs `CAP_SYS_ADMIN` over the namespace.
+pub(crate) fn join_network(
+    command: &mut Command,
+    container: &ContainerSpec,
+) -> Result<(), ExecutorError> {
+    if let Some(network) = &container.network {
+        sidewhale_netns::join(command, network)
+            .map_err(|e| ExecutorError::io("open the container's network namespace", e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ mod rootfs;
 mod seccomp;
 mod spawn;
 mod user;
+mod userns;
 
 pub use bubblewrap::{BubblewrapExecutor, BubblewrapOptions};
 pub use chroot::ChrootExecutor;

@@ -22,7 +22,7 @@ macro_rules! executor_or_skip {
     }};
 }
 
-crate::executor_suite!(executor_or_skip!(), sets_pwd = false);
+crate::executor_suite!(executor_or_skip!(), sets_pwd = false, switches_users = true);
 
 #[tokio::test]
 async fn probe_matches_privileges() {

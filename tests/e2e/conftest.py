@@ -34,14 +34,17 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 MIRROR = os.environ.get("SIDEWHALE_TEST_MIRROR", "http://127.0.0.1:5000")
 BINARY = pathlib.Path(os.environ.get("SIDEWHALE_BIN", REPO / "target" / "debug" / "sidewhale"))
 EXECUTOR = os.environ.get("SIDEWHALE_TEST_EXECUTOR") or None
+TEST_USER = os.environ.get("SIDEWHALE_TEST_USER") or None
 SERVER_ARGS = shlex.split(os.environ.get("SIDEWHALE_TEST_SERVER_ARGS", ""))
 EXTERNAL_DOCKER_HOST = os.environ.get("SIDEWHALE_TEST_DOCKER_HOST") or None
 
-# The README's limitations: bubblewrap maps one user id, so entrypoints that
-# switch users and execs as another user fail.
+# The README's limitations: unless sidewhale runs as root, bubblewrap maps
+# one user id, so entrypoints that switch users and execs as another user
+# fail.
 skip_single_user = pytest.mark.skipif(
-    EXECUTOR == "bubblewrap",
-    reason="bubblewrap maps only the image user's id (see README, Limitations)",
+    EXECUTOR == "bubblewrap" and TEST_USER is not None,
+    reason="bubblewrap maps only the image user's id when sidewhale is not root "
+    "(see README, Limitations)",
 )
 
 
@@ -185,7 +188,7 @@ def sidewhale():
             pytest.exit(f"{BINARY} is missing; build it with cargo build", 2)
         check_registry()
         root = tempfile.mkdtemp(prefix="sw-")
-        server = Sidewhale(root, os.environ.get("SIDEWHALE_TEST_USER") or None)
+        server = Sidewhale(root, TEST_USER)
     server.start()
     saved = {key: os.environ.get(key) for key in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED")}
     os.environ["DOCKER_HOST"] = server.docker_host

@@ -50,7 +50,10 @@ def test_cli_container_lifecycle(sidewhale, name):
 
     deadline = time.monotonic() + 10
     logs = docker(sidewhale, "logs", name)
-    while "hello" not in logs.stdout and time.monotonic() < deadline:
+    # stdout and stderr are separate pipes, so either may arrive first.
+    while "hello" not in logs.stdout or "oops" not in logs.stderr:
+        if time.monotonic() > deadline:
+            break
         time.sleep(0.2)
         logs = docker(sidewhale, "logs", name)
     assert logs.stdout == "hello\n"

@@ -17,7 +17,7 @@ from testcontainers.postgres import PostgresContainer
 from conftest import EXECUTOR, skip_single_user
 
 # Executors whose containers join the namespace sidewhale creates.
-NAMESPACE_EXECUTORS = {None, "proot"}
+NAMESPACE_EXECUTORS = {None, "proot", "bubblewrap", "chroot"}
 
 # Probes the port from inside the container: with nc where the image has
 # it, otherwise with bash's /dev/tcp, as Testcontainers' wait strategies do.

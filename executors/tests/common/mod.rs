@@ -14,14 +14,14 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sidewhale_core::{ContainerSpec, ExitStatus, Mount, Process, ProcessSpec};
+use sidewhale_core::{ContainerSpec, ExitStatus, Mount, NetworkNamespace, Process, ProcessSpec};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub const BUSYBOX: &str = "/bin/busybox";
 
 const APPLETS: &[&str] = &[
-    "cat", "echo", "env", "hostname", "id", "kill", "ls", "pwd", "setsid", "sh", "sleep", "stty",
-    "su", "test", "touch", "tty", "true",
+    "cat", "chown", "echo", "env", "hostname", "id", "kill", "ls", "mkdir", "pwd", "readlink",
+    "setsid", "sh", "sleep", "stat", "stty", "su", "test", "touch", "tty", "true",
 ];
 
 /// How long any single wait in a test may take.
@@ -257,4 +257,59 @@ fn children(pid: i32) -> Vec<i32> {
                 .collect::<Vec<i32>>()
         })
         .collect()
+}
+
+/// A network namespace kept alive by a `sleep` that `unshare(1)` started
+/// in it, as the server's holder process keeps a container's. Without root it
+/// is owned by a new user namespace, as the server's is then. Dropping it
+/// kills the `sleep`.
+pub struct NetworkHolder {
+    child: std::process::Child,
+    user_namespace: bool,
+}
+
+impl NetworkHolder {
+    pub fn spawn() -> NetworkHolder {
+        let user_namespace = !nix::unistd::geteuid().is_root();
+        let mut command = std::process::Command::new("unshare");
+        if user_namespace {
+            command.args(["--user", "--map-root-user"]);
+        }
+        command.args(["--net", "sleep", "1000"]);
+        let child = command.spawn().expect("run unshare (util-linux)");
+        let holder = NetworkHolder {
+            child,
+            user_namespace,
+        };
+
+        let own = fs::read_link("/proc/self/ns/net").expect("read own network namespace");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while holder.link() == own {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare did not enter a new network namespace"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        holder
+    }
+
+    pub fn namespace(&self) -> NetworkNamespace {
+        NetworkNamespace {
+            holder_pid: self.child.id(),
+            user_namespace: self.user_namespace,
+        }
+    }
+
+    /// Returns the target of `/proc/PID/ns/net`, such as `net:[4026532301]`.
+    pub fn link(&self) -> PathBuf {
+        fs::read_link(format!("/proc/{}/ns/net", self.child.id())).unwrap_or_default()
+    }
+}
+
+impl Drop for NetworkHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

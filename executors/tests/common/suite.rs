@@ -6,10 +6,14 @@
 #[macro_export]
 macro_rules! executor_suite {
     // `$sets_pwd`: whether the executor adds `PWD` to the environment.
-    ($executor:expr, sets_pwd = $sets_pwd:expr) => {
+    // `$switches_users`: whether a root process in the container can take
+    // any other user's ids.
+    ($executor:expr, sets_pwd = $sets_pwd:expr, switches_users = $switches_users:expr) => {
         use std::time::Duration;
 
-        use common::{container, finish, is_running, process, read_until, TIMEOUT};
+        use common::{
+            container, finish, is_running, process, read_until, NetworkHolder, TIMEOUT,
+        };
         use sidewhale_core::{Executor, ExecutorError, ExitStatus};
         use tokio::io::AsyncWriteExt;
 
@@ -139,6 +143,59 @@ macro_rules! executor_suite {
             let finished = finish($executor.start(&test.spec).await.unwrap()).await;
 
             assert_eq!(finished.stdout, "0\n");
+        }
+
+        #[tokio::test]
+        async fn root_chowns_and_drops_to_user() {
+            if !$switches_users {
+                eprintln!("skipped: this executor maps a single user id here");
+                return;
+            }
+            // The entrypoints of the redis and postgres images do this:
+            // they chown the data dir to the service's user, then switch
+            // to that user.
+            let script = "mkdir /data && chown 1001:1002 /data && \
+                exec su app -c 'id -u; id -g; touch /data/file && stat -c \"%u %g\" /data/file'";
+            let mut test = container(&sh(script));
+            test.spec.process.user = "root".into();
+
+            let finished = finish($executor.start(&test.spec).await.unwrap()).await;
+
+            assert_eq!(finished.stdout, "1001\n1002\n1001 1002\n", "{}", finished.stderr);
+            assert_eq!(finished.status, ExitStatus::Code(0));
+            let metadata = std::fs::metadata(test.rootfs().join("data/file")).unwrap();
+            assert_eq!(
+                std::os::unix::fs::MetadataExt::uid(&metadata),
+                1001,
+                "the container's ids are the host's"
+            );
+        }
+
+        #[tokio::test]
+        async fn main_and_exec_join_network_namespace() {
+            let holder = NetworkHolder::spawn();
+            let mut test = container(&["sleep", "1000"]);
+            test.spec.network = Some(holder.namespace());
+            let executor = $executor;
+            let main = executor.start(&test.spec).await.unwrap();
+            let main_pid = main.control.pid().expect("main pid");
+            let main_link = std::fs::read_link(format!("/proc/{main_pid}/ns/net")).unwrap();
+
+            let exec = executor
+                .exec(&test.spec, &process(&["readlink", "/proc/self/ns/net"]))
+                .await
+                .unwrap();
+            let finished = finish(exec).await;
+
+            assert_eq!(main_link, holder.link());
+            assert_eq!(
+                finished.stdout.trim_end(),
+                holder.link().to_string_lossy(),
+                "{}",
+                finished.stderr
+            );
+            executor.cleanup(&test.spec).await.unwrap();
+            finish(main).await;
         }
 
         #[tokio::test]
