@@ -166,7 +166,10 @@ impl Executor for ChrootExecutor {
         }
 
         // Root without CAP_SYS_ADMIN (a container's root, for example)
-        // cannot create namespaces; try it with the host's `true`.
+        // cannot create namespaces, and root of a user namespace (rootless
+        // mode) cannot mount proc for the host's PID namespace. Try both
+        // with the host's `true`: the proc mount stays in the probe's own
+        // mount namespace.
         let Some(true_path) = find_on_host_path("true") else {
             return Probe::Available;
         };
@@ -180,7 +183,14 @@ impl Executor for ChrootExecutor {
                 check(libc::unshare(
                     libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
                 ))?;
-                make_mounts_private()
+                make_mounts_private()?;
+                check(libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ))
             });
         }
         let result = tokio::task::spawn_blocking(move || command.status()).await;
@@ -190,9 +200,10 @@ impl Executor for ChrootExecutor {
                 "a test process in a new mount namespace failed ({status})"
             )),
             Ok(Err(error)) => Probe::Unavailable(format!(
-                "cannot create a mount namespace ({error}): run sidewhale as root \
-                 with CAP_SYS_ADMIN and CAP_SYS_CHROOT, for example outside an \
-                 unprivileged container"
+                "cannot create a mount namespace with proc mounted in it ({error}): \
+                 run sidewhale as root of the host with CAP_SYS_ADMIN and \
+                 CAP_SYS_CHROOT, not in rootless mode or an unprivileged container, \
+                 or use the proot or bubblewrap executor"
             )),
             Err(error) => Probe::Unavailable(format!("the probe task failed: {error}")),
         }

@@ -196,7 +196,15 @@ impl Drop for Keeper {
 
 /// The steps of `keeper_main`, by the exit code that reports their
 /// failure.
-const KEEPER_STEPS: &[&str] = &["", "prctl", "setns", "setresuid", "unshare", "write"];
+const KEEPER_STEPS: &[&str] = &[
+    "",
+    "prctl",
+    "setns",
+    "setresuid",
+    "unshare",
+    "write",
+    "prctl(PR_SET_DUMPABLE)",
+];
 
 /// The body of a keeper: see `Keeper::spawn`. Exits with the number of
 /// the step that failed.
@@ -211,6 +219,13 @@ unsafe fn keeper_main(parent: Option<(RawFd, u32)>, ready: RawFd) -> ! {
         if libc::setresuid(uid, uid, uid) != 0 {
             libc::_exit(3);
         }
+    }
+    // Changing ids (here, or in a rootless sidewhale before the fork)
+    // clears the dumpable flag. The keeper's /proc files would then belong
+    // to the host's root, which the map writer cannot open unless
+    // sidewhale is the host's root.
+    if libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0 {
+        libc::_exit(6);
     }
     if libc::unshare(libc::CLONE_NEWUSER) != 0 {
         libc::_exit(4);

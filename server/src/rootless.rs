@@ -371,6 +371,15 @@ fn become_root() -> anyhow::Result<()> {
         .context("setresgid(0) in the user namespace failed")?;
     nix::unistd::setresuid(root_uid, root_uid, root_uid)
         .context("setresuid(0) in the user namespace failed")?;
+    // Changing ids clears the dumpable flag, which children inherit. Their
+    // /proc files then belong to the host's root, and sidewhale could not
+    // write the id maps of the user namespaces its children create. The
+    // process still runs as the same host user, so nothing is exposed.
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("prctl(PR_SET_DUMPABLE) in the user namespace failed");
+    }
     Ok(())
 }
 

@@ -38,15 +38,6 @@ TEST_USER = os.environ.get("SIDEWHALE_TEST_USER") or None
 SERVER_ARGS = shlex.split(os.environ.get("SIDEWHALE_TEST_SERVER_ARGS", ""))
 EXTERNAL_DOCKER_HOST = os.environ.get("SIDEWHALE_TEST_DOCKER_HOST") or None
 
-# The README's limitations: unless sidewhale runs as root, bubblewrap maps
-# one user id, so entrypoints that switch users and execs as another user
-# fail.
-skip_single_user = pytest.mark.skipif(
-    EXECUTOR == "bubblewrap" and TEST_USER is not None,
-    reason="bubblewrap maps only the image user's id when sidewhale is not root "
-    "(see README, Limitations)",
-)
-
 
 def free_port():
     with socket.socket() as probe:

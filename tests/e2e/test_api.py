@@ -7,7 +7,7 @@ import uuid
 import docker
 import pytest
 
-from conftest import request, skip_single_user
+from conftest import request
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,6 @@ def test_etc_files_and_shm(docker_client, busybox):
         container.remove(force=True)
 
 
-@skip_single_user
 def test_exec_env_workdir_user(docker_client, busybox):
     container = docker_client.containers.run(busybox, ["sleep", "60"], detach=True)
     try:

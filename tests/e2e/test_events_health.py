@@ -11,7 +11,7 @@ import uuid
 import docker
 import pytest
 
-from conftest import skip_single_user
+
 
 SECOND = 1_000_000_000
 
@@ -344,7 +344,6 @@ def test_health_stops_with_container(client, name):
         container.remove(force=True)
 
 
-@skip_single_user
 def test_testcontainers_waits_for_health(sidewhale):
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import HealthcheckWaitStrategy

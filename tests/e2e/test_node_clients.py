@@ -8,7 +8,7 @@ import pathlib
 import shutil
 import subprocess
 
-from conftest import skip_single_user
+
 
 NODE_DIR = pathlib.Path(__file__).resolve().parents[1] / "node"
 
@@ -39,13 +39,11 @@ def test_node_generic_container(sidewhale):
     assert "# pass 3" in output
 
 
-@skip_single_user
 def test_node_redis_module(sidewhale):
     output = run_node_suite(sidewhale, "redis")
     assert "# pass 2" in output
 
 
-@skip_single_user
 def test_node_postgres_module(sidewhale):
     output = run_node_suite(sidewhale, "postgres")
     assert "# pass 2" in output

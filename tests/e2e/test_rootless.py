@@ -12,7 +12,7 @@ import tempfile
 import docker
 import pytest
 
-from conftest import EXECUTOR, Sidewhale, skip_single_user
+from conftest import EXECUTOR, Sidewhale
 
 USER = os.environ.get("SIDEWHALE_TEST_USER") or None
 
@@ -53,7 +53,6 @@ def test_user_namespace_off_keeps_single_id(server_with):
     client.close()
 
 
-@skip_single_user
 def test_chown_to_another_user_is_kept(docker_client):
     """The ids 1 to 65536 of the container are real ids in rootless
     mode, so a chown done by an entrypoint is what later reads see."""

@@ -14,10 +14,11 @@ import redis as redis_module
 import sqlalchemy
 from testcontainers.postgres import PostgresContainer
 
-from conftest import EXECUTOR, skip_single_user
+from conftest import EXECUTOR
 
 # Executors whose containers join the namespace sidewhale creates.
-NAMESPACE_EXECUTORS = {None, "proot", "bubblewrap", "chroot"}
+# `example` is the example executor plugin, which runs proot.
+NAMESPACE_EXECUTORS = {None, "proot", "bubblewrap", "chroot", "example"}
 
 # Probes the port from inside the container: with nc where the image has
 # it, otherwise with bash's /dev/tcp, as Testcontainers' wait strategies do.
@@ -68,7 +69,6 @@ def listening_ports(container):
     return ports
 
 
-@skip_single_user
 def test_two_redis_on_one_port(sidewhale, isolated, docker_client):
     first = docker_client.containers.run("redis:7", detach=True, ports={"6379/tcp": None})
     try:
@@ -96,7 +96,6 @@ def test_two_redis_on_one_port(sidewhale, isolated, docker_client):
         first.remove(force=True)
 
 
-@skip_single_user
 def test_two_postgres_at_once(sidewhale, isolated):
     first = PostgresContainer("postgres:16", username="tester", password="secret", dbname="one")
     second = PostgresContainer("postgres:16", username="tester", password="secret", dbname="two")

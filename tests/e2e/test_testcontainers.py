@@ -4,10 +4,9 @@ import sqlalchemy
 from testcontainers.postgres import PostgresContainer
 from testcontainers.redis import RedisContainer
 
-from conftest import skip_single_user
 
 
-@skip_single_user
+
 def test_redis_set_and_get(sidewhale):
     with RedisContainer("redis:7") as redis:
         client = redis.get_client()
@@ -15,7 +14,6 @@ def test_redis_set_and_get(sidewhale):
         assert client.get("greeting") == b"hello"
 
 
-@skip_single_user
 def test_postgres_table_round_trip(sidewhale):
     with PostgresContainer("postgres:16", username="tester", password="secret", dbname="shop") as postgres:
         engine = sqlalchemy.create_engine(postgres.get_connection_url())
