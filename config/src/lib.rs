@@ -319,6 +319,8 @@ pub fn glob_matches(pattern: &str, text: &str) -> bool {
 }
 
 #[cfg(test)]
+// figment's `Jail::expect_with` fixes the closures' error type, figment::Error.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

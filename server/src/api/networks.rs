@@ -127,7 +127,7 @@ fn list_matches(
             "id" => values
                 .iter()
                 .any(|value| network.id.contains(value.as_str())),
-            "driver" => values.iter().any(|value| *value == network.driver),
+            "driver" => values.contains(&network.driver),
             "label" => values
                 .iter()
                 .all(|value| label_matches(&network.labels, value)),
