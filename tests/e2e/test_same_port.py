@@ -6,6 +6,7 @@ executor that does not join namespaces, or on a host that cannot create
 them (see README, Network isolation).
 """
 
+import tempfile
 import time
 
 import docker
@@ -14,7 +15,7 @@ import redis as redis_module
 import sqlalchemy
 from testcontainers.postgres import PostgresContainer
 
-from conftest import EXECUTOR
+from conftest import EXECUTOR, TEST_USER, Sidewhale
 
 # Executors whose containers join the namespace sidewhale creates.
 # `example` is the example executor plugin, which runs proot.
@@ -108,3 +109,33 @@ def test_two_postgres_at_once(sidewhale, isolated):
             engine.dispose()
         assert names == ["one", "two"]
         assert first.get_exposed_port(5432) != second.get_exposed_port(5432)
+
+
+def test_host_network_collision_is_rejected():
+    """With the host's network shared, the second container that exposes
+    a port already in use fails to start with an error naming the first."""
+    server = Sidewhale(tempfile.mkdtemp(prefix="sw-hostnet-"), TEST_USER, ["--network-isolation", "host"])
+    server.start()
+    client = docker.DockerClient(base_url=server.docker_host, version="auto", timeout=120)
+    try:
+        client.images.pull("busybox", tag="latest")
+        first = client.containers.run(
+            "busybox", ["sleep", "300"], name="first-on-6390", ports={"6390/tcp": None}, detach=True
+        )
+        second = client.containers.create("busybox", ["sleep", "300"], ports={"6390/tcp": None})
+
+        with pytest.raises(docker.errors.APIError) as raised:
+            second.start()
+
+        assert raised.value.status_code == 500
+        message = raised.value.explanation
+        assert "container first-on-6390 already uses port 6390/tcp" in message
+        assert "network isolation mode: host" in message
+        second.reload()
+        assert second.status == "created"
+        first.remove(force=True)
+        second.start()
+        second.remove(force=True)
+    finally:
+        client.close()
+        server.stop()

@@ -97,6 +97,9 @@ impl Daemon {
             }
         };
         spec.network = self.isolation.namespace(&record.id);
+        if spec.network.is_none() {
+            self.check_shared_ports(&record)?;
+        }
 
         let published = self
             .forwarder

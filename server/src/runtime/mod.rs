@@ -20,6 +20,7 @@ pub mod ports;
 pub mod processes;
 pub mod prune;
 pub mod ryuk;
+mod shared_ports;
 mod signals;
 pub mod volumes;
 
