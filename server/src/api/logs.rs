@@ -228,7 +228,10 @@ fn attach_output(
         if include_logs && !send_range(logs, &selection, &sender, 0, position).await {
             return;
         }
-        while stream {
+        if !stream {
+            return;
+        }
+        loop {
             let exited = container.record().state.exits > exits_at_attach;
             if send_new(logs, &selection, &sender, &mut position)
                 .await
