@@ -28,6 +28,7 @@ readonly NODE_MIN_VERSION=20.18.1
 # Executors use proot, bubblewrap and uidmap. tests/registry.sh uses docker-registry
 # and skopeo. The image build and its checks use debootstrap, umoci, busybox-static
 # and python3. postgresql-client and redis-tools are clients for checks from the host.
+# slirp4netns gives containers in network namespaces outbound access.
 readonly DEBIAN_PACKAGES=(
 	bubblewrap
 	busybox-static
@@ -47,6 +48,7 @@ readonly DEBIAN_PACKAGES=(
 	python3-venv
 	redis-tools
 	skopeo
+	slirp4netns
 	tar
 	uidmap
 	umoci

@@ -133,7 +133,7 @@ fn user_endpoint(record: &ContainerRecord, endpoint: &EndpointRecord) -> Value {
         "EndpointID": shown(endpoint.endpoint_id.clone()),
         "Gateway": shown(gateway),
         "IPAddress": shown(address),
-        "IPPrefixLen": if running { 16 } else { 0 },
+        "IPPrefixLen": if running { endpoint.prefix_len() } else { 0 },
         "IPv6Gateway": "",
         "GlobalIPv6Address": "",
         "GlobalIPv6PrefixLen": 0,
