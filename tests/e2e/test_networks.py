@@ -532,11 +532,16 @@ def test_host_docker_internal_reaches_host_server(sidewhale, images, docker_clie
     server.start()
     try:
         info = docker_client.info()
-        output = docker_client.containers.run(
+        container = docker_client.containers.run(
             "busybox:latest",
             ["sh", "-c", f"grep host.docker.internal /etc/hosts; nc -w 5 host.docker.internal {port} </dev/null"],
-            remove=True,
-        ).decode()
+            detach=True,
+        )
+        try:
+            container.wait(timeout=60)
+            output = container.logs().decode()
+        finally:
+            container.remove(force=True)
         host_line, _, received = output.partition("\n")
         if "name=netns,mode=namespace" in info.get("SecurityOptions", []) and host_line.startswith("127.0.0.1"):
             pytest.skip("containers in network namespaces reach the host only through slirp4netns")

@@ -410,6 +410,14 @@ impl Isolation {
         }
     }
 
+    /// Returns whether slirp4netns runs for the container's namespace, or
+    /// `None` when the container has no namespace.
+    pub fn outbound_running(&self, container_id: &str) -> Option<bool> {
+        self.holders()
+            .get(container_id)
+            .map(|sandbox| sandbox.outbound.is_some())
+    }
+
     /// Returns the namespace of a running container, if it has one.
     pub fn namespace(&self, container_id: &str) -> Option<NetworkNamespace> {
         self.holders()

@@ -87,7 +87,6 @@ impl Daemon {
             .map_err(|error| Error::internal("failed to create the runtime directory", error))?;
 
         let placement = self.placement(&record);
-        self.write_resolv_conf(container, placement);
         let target = self
             .isolation
             .attach(&record.id, placement, &spec.runtime_dir, self.network_links(&record))
@@ -100,7 +99,9 @@ impl Daemon {
             }
         };
         spec.network = self.isolation.namespace(&record.id);
-        // Peers' addresses depend on where each container runs.
+        // Where the container runs is known only now: slirp4netns may have
+        // failed to start. Peers' addresses depend on where each runs.
+        self.write_resolv_conf(container, self.placement(&record));
         self.write_hosts_files();
 
         let published = self

@@ -407,8 +407,17 @@ impl Daemon {
         let supports_namespace = self
             .executor(&record.runtime)
             .is_ok_and(|executor| executor.supports_network_namespace());
-        self.isolation
-            .placement(record.networks.keys().map(String::as_str), supports_namespace)
+        let placement = self
+            .isolation
+            .placement(record.networks.keys().map(String::as_str), supports_namespace);
+        // A running container has outbound access only if its slirp4netns
+        // started.
+        match (placement, self.isolation.outbound_running(&record.id)) {
+            (Placement::Namespace { bridged, .. }, Some(outbound)) => {
+                Placement::Namespace { outbound, bridged }
+            }
+            _ => placement,
+        }
     }
 
     /// Returns the bridge connections a container's namespace needs: one
