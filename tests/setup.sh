@@ -9,7 +9,8 @@
 #   2. install the Python test clients from tests/requirements.txt into .venv, and
 #      the Node test clients of tests/node/package-lock.json into tests/node
 #      (Debian's nodejs and npm are installed when node is missing)
-#   3. create the unprivileged user sidewhale-test
+#   3. create the unprivileged user sidewhale-test with subordinate ids, and
+#      give /dev/net/tun mode 0666 so that its rootless sidewhale has slirp4netns
 #   4. build the test images (tests/images/build.sh) unless
 #      ${SIDEWHALE_TEST_CACHE:-/var/cache/sidewhale-tests}/images-HASH exists, where
 #      HASH covers the image build files
@@ -28,6 +29,7 @@ readonly NODE_MIN_VERSION=20.18.1
 # Executors use proot, bubblewrap and uidmap. tests/registry.sh uses docker-registry
 # and skopeo. The image build and its checks use debootstrap, umoci, busybox-static
 # and python3. postgresql-client and redis-tools are clients for checks from the host.
+# slirp4netns gives containers in network namespaces outbound access.
 readonly DEBIAN_PACKAGES=(
 	bubblewrap
 	busybox-static
@@ -47,6 +49,7 @@ readonly DEBIAN_PACKAGES=(
 	python3-venv
 	redis-tools
 	skopeo
+	slirp4netns
 	tar
 	uidmap
 	umoci
@@ -145,6 +148,28 @@ create_test_user() {
 	useradd --create-home --shell /bin/bash "$TEST_USER"
 }
 
+# Rootless mode maps the user's subordinate ids. Debian's useradd adds a
+# range of 65536; a user made otherwise may have none.
+add_subordinate_ids() {
+	if grep -q "^$TEST_USER:" /etc/subuid 2>/dev/null && grep -q "^$TEST_USER:" /etc/subgid 2>/dev/null; then
+		log "user $TEST_USER: has subordinate ids"
+		return
+	fi
+	log "user $TEST_USER: adding subordinate ids 200000-265535"
+	usermod --add-subuids 200000-265535 --add-subgids 200000-265535 "$TEST_USER"
+}
+
+# slirp4netns opens /dev/net/tun, which an unprivileged sidewhale can do
+# only with the mode 0666 that systemd's udev rules give it. Containers and
+# minimal machines without udev may leave it at 0600.
+open_tun_device() {
+	if [ ! -c /dev/net/tun ]; then
+		log "/dev/net/tun: missing, containers of sidewhale-test get no outbound network"
+		return
+	fi
+	chmod 0666 /dev/net/tun
+}
+
 build_images() {
 	local cache
 	cache="$(image_cache_dir)"
@@ -172,6 +197,8 @@ main() {
 	install_python_clients
 	install_node_clients
 	create_test_user
+	add_subordinate_ids
+	open_tun_device
 	build_images
 }
 

@@ -13,6 +13,8 @@
 //! The executor starts the container's processes in the holder's
 //! namespaces with `join`, which calls `setns(2)` between fork and exec.
 
+pub mod bridge;
+pub mod outbound;
 pub mod relay;
 mod sys;
 
@@ -194,6 +196,7 @@ impl Holder {
 /// reaches end of file. Called by the sidewhale binary for
 /// `HOLDER_ARGUMENT`, already inside the container's namespaces.
 pub async fn run_holder(socket: &Path) -> io::Result<()> {
+    allow_unprivileged_ports();
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket)?;
     println!("{READY_LINE}");
@@ -210,6 +213,24 @@ pub async fn run_holder(socket: &Path) -> io::Result<()> {
     }
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+/// The sysctl, per network namespace, that sets the lowest port that
+/// needs `CAP_NET_BIND_SERVICE`.
+const UNPRIVILEGED_PORT_START: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+
+/// Lets every process of the current network namespace bind any port, as
+/// Docker does for its containers, so that an image's non-root user can
+/// listen on port 80. Only warns on failure, because a namespace without
+/// it still serves ports from 1024 up.
+fn allow_unprivileged_ports() {
+    if let Err(error) = std::fs::write(UNPRIVILEGED_PORT_START, "0") {
+        tracing::warn!(
+            %error,
+            sysctl = UNPRIVILEGED_PORT_START,
+            "failed to let unprivileged processes bind ports below 1024"
+        );
+    }
 }
 
 /// Makes `command` start in `namespace`: it joins the holder's user

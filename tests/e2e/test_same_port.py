@@ -6,6 +6,7 @@ executor that does not join namespaces, or on a host that cannot create
 them (see README, Network isolation).
 """
 
+import socket
 import tempfile
 import time
 
@@ -34,6 +35,7 @@ def isolated(sidewhale):
     client = docker.DockerClient(base_url=sidewhale.docker_host, version="auto", timeout=120)
     options = client.info().get("SecurityOptions") or []
     client.images.pull("redis", tag="7")
+    client.images.pull("busybox", tag="latest")
     client.close()
     if EXECUTOR not in NAMESPACE_EXECUTORS:
         pytest.skip(f"executor {EXECUTOR} shares the host's network")
@@ -59,14 +61,16 @@ def wait_for_redis(port):
 
 
 def listening_ports(container):
-    """Returns the ports in LISTEN state in the container's /proc/net/tcp."""
-    result = container.exec_run(["cat", "/proc/net/tcp"])
-    assert result.exit_code == 0, result.output
+    """Returns the ports in LISTEN state in the container's /proc/net/tcp
+    and /proc/net/tcp6."""
     ports = set()
-    for line in result.output.decode().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "0A":
-            ports.add(int(fields[1].split(":")[1], 16))
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        result = container.exec_run(["cat", table])
+        assert result.exit_code == 0, result.output
+        for line in result.output.decode().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":
+                ports.add(int(fields[1].split(":")[-1], 16))
     return ports
 
 
@@ -139,3 +143,37 @@ def test_host_network_collision_is_rejected():
     finally:
         client.close()
         server.stop()
+
+
+def test_non_root_user_binds_port_80(sidewhale, isolated, docker_client):
+    """An image user other than root listens on port 80, as Docker allows
+    with net.ipv4.ip_unprivileged_port_start=0 in each container."""
+    container = docker_client.containers.run(
+        "busybox:latest",
+        ["sh", "-c", "while true; do echo low | nc -l -p 80; done"],
+        detach=True,
+        user="65534:65534",
+        ports={"80/tcp": None},
+    )
+    try:
+        sysctl = container.exec_run(["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"])
+        assert sysctl.output.decode().strip() == "0"
+        identity = container.exec_run(["id", "-u"], user="65534")
+        assert identity.output.decode().strip() == "65534"
+
+        deadline = time.monotonic() + 15
+        while 80 not in listening_ports(container) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert 80 in listening_ports(container), container.logs()
+
+        port = published_port(container, 80)
+        received = b""
+        while received != b"low\n" and time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
+                    received = connection.makefile("rb").read()
+            except OSError:
+                time.sleep(0.3)
+        assert received == b"low\n", container.logs()
+    finally:
+        container.remove(force=True)

@@ -61,7 +61,7 @@ fn render(network: &NetworkRecord, members: &[ContainerRecord]) -> Value {
             continue;
         };
         let address = match endpoint.ip_address {
-            Some(ip) => format!("{ip}/16"),
+            Some(ip) => format!("{ip}/{}", endpoint.prefix_len()),
             None => "127.0.0.1/8".to_string(),
         };
         containers.insert(
@@ -216,7 +216,9 @@ pub async fn connect(
 ) -> ApiResult<StatusCode> {
     let request: ConnectRequest = parse_body(&body)?;
     let container = daemon.container(request.container.as_deref().unwrap_or_default())?;
-    daemon.connect_network(&id, &container, request.endpoint_config.unwrap_or_default())?;
+    daemon
+        .connect_network(&id, &container, request.endpoint_config.unwrap_or_default())
+        .await?;
     Ok(StatusCode::OK)
 }
 
@@ -228,7 +230,7 @@ pub async fn disconnect(
     let request: DisconnectRequest = parse_body(&body)?;
     let container = daemon.container(request.container.as_deref().unwrap_or_default())?;
     tracing::debug!(container = %container.id, force = request.force.unwrap_or(false), "disconnect requested");
-    daemon.disconnect_network(&id, &container)?;
+    daemon.disconnect_network(&id, &container).await?;
     Ok(StatusCode::OK)
 }
 

@@ -104,6 +104,11 @@ fn loopback_endpoint(record: &ContainerRecord, network_id: &str) -> Value {
 /// Renders an endpoint on a user-defined network. Like Docker, it shows
 /// the address, gateway and DNS names only while the container runs, and
 /// the aliases exactly as the client sent them.
+///
+/// The gateway shown is `127.0.0.1`, where published ports listen, not
+/// the bridge's address, which exists only in the bridge's namespace:
+/// testcontainers-python inside a container connects to published ports
+/// through the endpoint's gateway. Network inspect shows the bridge's.
 fn user_endpoint(record: &ContainerRecord, endpoint: &EndpointRecord) -> Value {
     let running = record.state.running();
     let shown = |value: String| if running { value } else { String::new() };
@@ -119,10 +124,7 @@ fn user_endpoint(record: &ContainerRecord, endpoint: &EndpointRecord) -> Value {
         .ip_address
         .map(|ip| ip.to_string())
         .unwrap_or_default();
-    let gateway = endpoint
-        .gateway()
-        .map(|ip| ip.to_string())
-        .unwrap_or_default();
+    let gateway = LOOPBACK.to_string();
     json!({
         "IPAMConfig": null,
         "Links": links,
@@ -133,7 +135,7 @@ fn user_endpoint(record: &ContainerRecord, endpoint: &EndpointRecord) -> Value {
         "EndpointID": shown(endpoint.endpoint_id.clone()),
         "Gateway": shown(gateway),
         "IPAddress": shown(address),
-        "IPPrefixLen": if running { 16 } else { 0 },
+        "IPPrefixLen": if running { endpoint.prefix_len() } else { 0 },
         "IPv6Gateway": "",
         "GlobalIPv6Address": "",
         "GlobalIPv6PrefixLen": 0,

@@ -2,13 +2,16 @@
 //! `/etc/hostname`, `/etc/resolv.conf` and an empty `/dev/shm`.
 
 use std::io::{Read, Seek, Write};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use sidewhale_core::Mount;
 
 use super::model::ContainerRecord;
 
-/// The address every name in a container's hosts file resolves to.
+/// The address a container's own hostname resolves to. It stays the
+/// loopback address also in a namespace, because published ports reach
+/// the container there.
 const LOOPBACK: &str = "127.0.0.1";
 
 /// Writes the container's own `/etc` files into its directory. The hosts
@@ -16,12 +19,51 @@ const LOOPBACK: &str = "127.0.0.1";
 /// endpoints exist.
 pub fn write_network_files(dir: &Path, record: &ContainerRecord) -> std::io::Result<()> {
     let hostname = record.hostname();
-    std::fs::write(dir.join("hosts"), render_hosts(record, &[]))?;
+    std::fs::write(
+        dir.join("hosts"),
+        render_hosts(record, Ipv4Addr::LOCALHOST, &[]),
+    )?;
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     std::fs::write(dir.join("resolv.conf"), resolv)?;
     std::fs::create_dir_all(dir.join("shm"))?;
     Ok(())
+}
+
+/// Returns the host's `resolv.conf` for a container whose DNS forwarder is
+/// `forwarder`: each loopback `nameserver`, unreachable from a network
+/// namespace, becomes the forwarder, and one is added when the host names
+/// none. Docker likewise drops loopback name servers.
+pub fn namespace_resolv_conf(host: &str, forwarder: Ipv4Addr) -> String {
+    let mut text = String::new();
+    let mut has_forwarder = false;
+    let mut servers = 0;
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            text.push_str(line);
+            text.push('\n');
+            continue;
+        }
+        let address = words.next().and_then(|word| word.parse::<IpAddr>().ok());
+        servers += 1;
+        match address {
+            Some(address) if address.is_loopback() => {
+                if !has_forwarder {
+                    text.push_str(&format!("nameserver {forwarder}\n"));
+                    has_forwarder = true;
+                }
+            }
+            _ => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    if servers == 0 {
+        text.push_str(&format!("nameserver {forwarder}\n"));
+    }
+    text
 }
 
 /// Returns the mounts every container gets, followed by the user's.
@@ -42,12 +84,16 @@ pub fn mounts(dir: &Path, record: &ContainerRecord) -> Vec<Mount> {
 }
 
 /// Renders a container's `/etc/hosts`: the standard entries, the
-/// `ExtraHosts` of its `HostConfig`, `host.docker.internal`, its own
-/// hostname, and one line for each list of peer names.
-///
-/// NOTE: containers share the host's network, so every container name
-/// resolves to loopback rather than to an address of the container's own.
-pub fn render_hosts(record: &ContainerRecord, peers: &[Vec<String>]) -> String {
+/// `ExtraHosts` of its `HostConfig`, `host.docker.internal` and
+/// `host-gateway` at `host_address` (where the host's loopback is
+/// reachable), its own hostname at 127.0.0.1, and one line for each peer
+/// address with its names.
+pub fn render_hosts(
+    record: &ContainerRecord,
+    host_address: Ipv4Addr,
+    peers: &[(Ipv4Addr, Vec<String>)],
+) -> String {
+    let host_address = host_address.to_string();
     let mut hosts = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
@@ -67,7 +113,7 @@ pub fn render_hosts(record: &ContainerRecord, peers: &[Vec<String>]) -> String {
             continue;
         };
         let address = if address == "host-gateway" {
-            LOOPBACK
+            host_address.as_str()
         } else {
             address
         };
@@ -75,7 +121,7 @@ pub fn render_hosts(record: &ContainerRecord, peers: &[Vec<String>]) -> String {
         hosts.push_str(&format!("{address}\t{name}\n"));
     }
     if !host_internal {
-        hosts.push_str(&format!("{LOOPBACK}\thost.docker.internal\n"));
+        hosts.push_str(&format!("{host_address}\thost.docker.internal\n"));
     }
     let hostname = record.hostname();
     let fqdn = match record.config.domainname.as_deref() {
@@ -83,8 +129,8 @@ pub fn render_hosts(record: &ContainerRecord, peers: &[Vec<String>]) -> String {
         _ => hostname,
     };
     hosts.push_str(&format!("{LOOPBACK}\t{fqdn}\n"));
-    for names in peers {
-        hosts.push_str(&format!("{LOOPBACK}\t{}\n", names.join(" ")));
+    for (address, names) in peers {
+        hosts.push_str(&format!("{address}\t{}\n", names.join(" ")));
     }
     hosts
 }
@@ -147,14 +193,45 @@ mod tests {
         let record = record(serde_json::json!({
             "ExtraHosts": ["db.test:10.0.0.5", "gw.test=host-gateway"],
         }));
-        let peers = vec![vec!["cache".to_string(), "redis".to_string()]];
-        let hosts = render_hosts(&record, &peers);
+        let peers = vec![(
+            Ipv4Addr::LOCALHOST,
+            vec!["cache".to_string(), "redis".to_string()],
+        )];
+        let hosts = render_hosts(&record, Ipv4Addr::LOCALHOST, &peers);
         let lines: Vec<&str> = hosts.lines().collect();
         assert!(lines.contains(&"10.0.0.5\tdb.test"));
         assert!(lines.contains(&"127.0.0.1\tgw.test"));
         assert!(lines.contains(&"127.0.0.1\thost.docker.internal"));
         assert!(lines.contains(&"127.0.0.1\t0123456789ab"));
         assert_eq!(lines.last(), Some(&"127.0.0.1\tcache redis"));
+    }
+
+    #[test]
+    fn hosts_in_namespace_use_gateway_and_peer_addresses() {
+        let record = record(serde_json::json!({
+            "ExtraHosts": ["gw.test:host-gateway"],
+        }));
+        let peer = Ipv4Addr::new(172, 18, 0, 3);
+        let peers = vec![(peer, vec!["db".to_string()])];
+        let hosts = render_hosts(&record, Ipv4Addr::new(10, 0, 2, 2), &peers);
+        let lines: Vec<&str> = hosts.lines().collect();
+        assert!(lines.contains(&"10.0.2.2\tgw.test"));
+        assert!(lines.contains(&"10.0.2.2\thost.docker.internal"));
+        assert!(lines.contains(&"127.0.0.1\t0123456789ab"));
+        assert_eq!(lines.last(), Some(&"172.18.0.3\tdb"));
+    }
+
+    #[test]
+    fn resolv_conf_replaces_loopback_servers() {
+        let forwarder = Ipv4Addr::new(10, 0, 2, 3);
+        let host = "search example\nnameserver 127.0.0.53\nnameserver ::1\noptions edns0\n";
+        assert_eq!(
+            namespace_resolv_conf(host, forwarder),
+            "search example\nnameserver 10.0.2.3\noptions edns0\n"
+        );
+        let remote = "nameserver 192.0.2.53\n";
+        assert_eq!(namespace_resolv_conf(remote, forwarder), remote);
+        assert_eq!(namespace_resolv_conf("", forwarder), "nameserver 10.0.2.3\n");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sidewhale_core::{ContainerSpec, ExecutorError, ExitStatus, Process, ProcessSpec};
 use tokio::sync::watch;
 
+use super::isolation::Placement;
 use super::logs::Stream;
 use super::model::Status;
 use super::{files, parse_signal, ryuk, Container, Daemon, Error, Result};
@@ -85,9 +86,10 @@ impl Daemon {
         std::fs::create_dir_all(&spec.runtime_dir)
             .map_err(|error| Error::internal("failed to create the runtime directory", error))?;
 
+        let placement = self.placement(&record);
         let target = self
             .isolation
-            .attach(&record, &spec.runtime_dir, executor.as_ref())
+            .attach(&record.id, placement, &spec.runtime_dir, self.network_links(&record))
             .await;
         let target = match target {
             Ok(target) => target,
@@ -100,6 +102,10 @@ impl Daemon {
         if spec.network.is_none() {
             self.check_shared_ports(&record)?;
         }
+        // Where the container runs is known only now: slirp4netns may have
+        // failed to start. Peers' addresses depend on where each runs.
+        self.write_resolv_conf(container, self.placement(&record));
+        self.write_hosts_files();
 
         let published = self
             .forwarder
@@ -149,6 +155,22 @@ impl Daemon {
         self.start_health_monitor(container);
         tokio::spawn(self.clone().supervise(container.clone(), process));
         Ok(())
+    }
+
+    /// Rewrites the container's `resolv.conf` for where it runs: a copy of
+    /// the host's, with slirp4netns's DNS forwarder in place of loopback
+    /// name servers when the container has outbound access of its own.
+    fn write_resolv_conf(&self, container: &Container, placement: Placement) {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let text = match placement {
+            Placement::Namespace { outbound: true, .. } => {
+                files::namespace_resolv_conf(&host, sidewhale_netns::outbound::DNS_ADDRESS)
+            }
+            _ => host,
+        };
+        if let Err(error) = files::rewrite_in_place(&container.dir.join("resolv.conf"), &text) {
+            tracing::warn!(container = %&container.id[..12], %error, "failed to rewrite resolv.conf");
+        }
     }
 
     /// Records a failed start as Docker does: the container is exited with

@@ -192,7 +192,8 @@ impl Daemon {
         std::fs::create_dir_all(&containers_dir)?;
         let volumes = volumes::VolumeStore::open(config.state_dir.join("volumes"))?;
         let networks = networks::NetworkStore::open(config.state_dir.join("networks"))?;
-        let isolation = isolation::Isolation::new(config.network.isolation)?;
+        let isolation =
+            isolation::Isolation::new(config.network.isolation, config.state_dir.join("networks"))?;
         let daemon = Daemon {
             config,
             images,

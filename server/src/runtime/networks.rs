@@ -2,11 +2,14 @@
 //! networks stored under `<state-dir>/networks`, the endpoints containers
 //! have on them, and the `/etc/hosts` entries those endpoints imply.
 //!
-//! Containers share the host's network, so a user-defined network only
-//! scopes names: every name and alias of a peer on a shared network
-//! resolves to 127.0.0.1, where the peer's ports listen. Each network
-//! still gets a subnet `127.N.0.0/16` and each endpoint an address in it,
-//! which inspect shows and which reaches the host's loopback as well.
+//! Each user-defined network has an IPv4 subnet and each endpoint an
+//! address in it. Where containers on user-defined networks get network
+//! namespaces of their own (see `isolation`), the subnets are Docker's
+//! defaults (172.18.0.0/16 to 172.31.0.0/16, then 192.168.N.0/20) or the
+//! one the request names, and each member reaches its peers at their
+//! addresses over the network's bridge. Otherwise containers share the
+//! host's network: the subnet is `127.N.0.0/16`, shown by inspect only,
+//! and every name of a peer resolves to 127.0.0.1, where its ports listen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -19,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sidewhale_images::fsutil;
 
+use sidewhale_netns::bridge::InterfaceAddress;
+
+use super::isolation::{NetworkLink, Placement};
 use super::model::ContainerRecord;
 use super::{files, Container, Daemon, Error, Result};
 
@@ -41,11 +47,112 @@ pub struct NetworkRecord {
     pub internal: bool,
     pub attachable: bool,
     pub enable_ipv6: bool,
-    /// The second octet N of the subnet `127.N.0.0/16`. Built-in networks
-    /// have no addresses of their own and store 0.
+    /// The second octet N of the subnet `127.N.0.0/16` of a network made
+    /// while containers shared the host's network. Built-in networks and
+    /// networks with a bridge store 0.
     pub subnet_octet: u8,
+    /// The subnet and gateway. `None` for built-in networks and in records
+    /// written before it was stored, which use `127.N.0.0/16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Ipam>,
     #[serde(skip)]
     pub built_in: bool,
+}
+
+/// An IPv4 subnet and its gateway address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipam {
+    pub subnet: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+}
+
+impl Ipam {
+    /// The subnet `127.N.0.0/16` of networks whose members share the
+    /// host's network.
+    fn loopback(octet: u8) -> Ipam {
+        Ipam {
+            subnet: Ipv4Addr::new(127, octet, 0, 0),
+            prefix_len: 16,
+            gateway: Ipv4Addr::new(127, octet, 0, 1),
+        }
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0)
+    }
+
+    fn contains(&self, address: Ipv4Addr) -> bool {
+        u32::from(address) & self.mask() == u32::from(self.subnet)
+    }
+
+    fn overlaps(&self, other: &Ipam) -> bool {
+        self.contains(other.subnet) || other.contains(self.subnet)
+    }
+
+    /// Returns the host addresses in order, without the network and
+    /// broadcast addresses and the gateway.
+    fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let first = u32::from(self.subnet) + 1;
+        let broadcast = u32::from(self.subnet) | !self.mask();
+        (first..broadcast)
+            .map(Ipv4Addr::from)
+            .filter(|address| *address != self.gateway)
+    }
+
+    /// Parses `IPAM.Config[0]` of a create request: `Subnet` in CIDR
+    /// notation and an optional `Gateway`, by default the first host.
+    fn from_request(config: &Value) -> Result<Ipam> {
+        let invalid = |message: String| Error::InvalidParameter(message);
+        let subnet_text = config["Subnet"].as_str().unwrap_or_default();
+        let (address, prefix) = subnet_text
+            .split_once('/')
+            .ok_or_else(|| invalid(format!("invalid subnet {subnet_text:?}: expected CIDR notation")))?;
+        let address: Ipv4Addr = address
+            .parse()
+            .map_err(|_| invalid(format!("invalid subnet {subnet_text:?}: only IPv4 subnets are supported")))?;
+        let prefix_len: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|prefix| (1..=30).contains(prefix))
+            .ok_or_else(|| invalid(format!("invalid subnet {subnet_text:?}: the prefix length must be 1 to 30")))?;
+        let mut ipam = Ipam {
+            subnet: address,
+            prefix_len,
+            gateway: address,
+        };
+        ipam.subnet = Ipv4Addr::from(u32::from(address) & ipam.mask());
+        ipam.gateway = Ipv4Addr::from(u32::from(ipam.subnet) + 1);
+        if let Some(gateway) = config["Gateway"].as_str().filter(|text| !text.is_empty()) {
+            let gateway: Ipv4Addr = gateway
+                .parse()
+                .map_err(|_| invalid(format!("invalid gateway {gateway:?}")))?;
+            if !ipam.contains(gateway) {
+                return Err(invalid(format!(
+                    "no matching subnet for gateway {gateway} in {subnet_text}"
+                )));
+            }
+            ipam.gateway = gateway;
+        }
+        Ok(ipam)
+    }
+
+    /// Returns Docker's default pools in order: 172.18.0.0/16 to
+    /// 172.31.0.0/16 (172.17.0.0/16 is the default bridge's), then
+    /// 192.168.N.0/20.
+    fn default_pools() -> impl Iterator<Item = Ipam> {
+        let wide = (18..=31).map(|octet| Ipam {
+            subnet: Ipv4Addr::new(172, octet, 0, 0),
+            prefix_len: 16,
+            gateway: Ipv4Addr::new(172, octet, 0, 1),
+        });
+        let narrow = (0..16u8).map(|index| Ipam {
+            subnet: Ipv4Addr::new(192, 168, index * 16, 0),
+            prefix_len: 20,
+            gateway: Ipv4Addr::new(192, 168, index * 16, 1),
+        });
+        wide.chain(narrow)
+    }
 }
 
 impl NetworkRecord {
@@ -61,20 +168,30 @@ impl NetworkRecord {
             attachable: false,
             enable_ipv6: false,
             subnet_octet: 0,
+            ipam: None,
             built_in: true,
         }
     }
 
+    /// Returns the subnet and gateway of a user-defined network.
+    pub fn user_ipam(&self) -> Option<Ipam> {
+        if self.built_in {
+            return None;
+        }
+        Some(self.ipam.unwrap_or(Ipam::loopback(self.subnet_octet)))
+    }
+
     /// Returns the subnet and gateway inspect shows in `IPAM.Config`.
     pub fn subnet_and_gateway(&self) -> Option<(String, String)> {
-        match (self.built_in, self.name.as_str()) {
-            (true, "bridge") => Some(("127.0.0.0/8".into(), "127.0.0.1".into())),
-            (true, _) => None,
-            (false, _) => Some((
-                format!("127.{}.0.0/16", self.subnet_octet),
-                format!("127.{}.0.1", self.subnet_octet),
-            )),
+        if self.built_in {
+            return (self.name == "bridge").then(|| ("127.0.0.0/8".into(), "127.0.0.1".into()));
         }
+        self.user_ipam().map(|ipam| {
+            (
+                format!("{}/{}", ipam.subnet, ipam.prefix_len),
+                ipam.gateway.to_string(),
+            )
+        })
     }
 }
 
@@ -91,6 +208,12 @@ pub struct EndpointRecord {
     /// The address shown for the endpoint. `None` on built-in networks,
     /// where inspect shows the container at 127.0.0.1.
     pub ip_address: Option<Ipv4Addr>,
+    /// The network's gateway and prefix length. Records written before
+    /// they were stored have `None` and 0, meaning `a.b.0.1` and 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub prefix_len: u8,
 }
 
 impl EndpointRecord {
@@ -105,12 +228,13 @@ impl EndpointRecord {
         }
     }
 
-    /// Returns the gateway of a user-defined network's endpoint.
-    pub fn gateway(&self) -> Option<Ipv4Addr> {
-        self.ip_address.map(|ip| {
-            let [a, b, _, _] = ip.octets();
-            Ipv4Addr::new(a, b, 0, 1)
-        })
+    /// Returns the prefix length of the endpoint's address.
+    pub fn prefix_len(&self) -> u8 {
+        if self.prefix_len == 0 {
+            16
+        } else {
+            self.prefix_len
+        }
     }
 }
 
@@ -269,6 +393,54 @@ pub struct EndpointPlan {
 }
 
 impl Daemon {
+    /// Returns where the container's processes run, network-wise, from its
+    /// networks and executor. Containers of unknown executors, such as
+    /// Ryuk's, which sidewhale serves itself, run in the host's network.
+    pub fn placement(&self, record: &ContainerRecord) -> Placement {
+        let supports_namespace = self
+            .executor(&record.runtime)
+            .is_ok_and(|executor| executor.supports_network_namespace());
+        let placement = self
+            .isolation
+            .placement(record.networks.keys().map(String::as_str), supports_namespace);
+        // A running container has outbound access only if its slirp4netns
+        // started.
+        match (placement, self.isolation.outbound_running(&record.id)) {
+            (Placement::Namespace { bridged, .. }, Some(outbound)) => {
+                Placement::Namespace { outbound, bridged }
+            }
+            _ => placement,
+        }
+    }
+
+    /// Returns the bridge connections a container's namespace needs: one
+    /// for each of its endpoints on a user-defined network.
+    pub fn network_links(&self, record: &ContainerRecord) -> Vec<NetworkLink> {
+        record
+            .networks
+            .values()
+            .filter_map(|endpoint| self.network_link(endpoint))
+            .collect()
+    }
+
+    fn network_link(&self, endpoint: &EndpointRecord) -> Option<NetworkLink> {
+        let address = endpoint.ip_address?;
+        let network = self.network(&endpoint.network_id).ok()?;
+        let ipam = network.user_ipam()?;
+        Some(NetworkLink {
+            network_id: network.id,
+            address: InterfaceAddress {
+                address,
+                prefix_len: ipam.prefix_len,
+            },
+            gateway: InterfaceAddress {
+                address: ipam.gateway,
+                prefix_len: ipam.prefix_len,
+            },
+            mac: endpoint.mac_address(),
+        })
+    }
+
     /// Returns every network, built-in ones first.
     pub fn networks(&self) -> Vec<NetworkRecord> {
         let mut list: Vec<NetworkRecord> = BUILT_IN
@@ -315,15 +487,24 @@ impl Daemon {
                 return Err(Error::NotFound(format!("plugin \"{driver}\" not found")));
             }
         };
-        if request
+        let requested = request
             .ipam
             .as_ref()
-            .is_some_and(|ipam| !ipam["Config"].is_null())
-        {
-            // NOTE: containers share the host's network, so a requested
-            // subnet could not be honoured; inspect shows 127.N.0.0/16.
-            tracing::warn!(network = %name, "ignoring the requested IPAM configuration");
-        }
+            .and_then(|ipam| ipam["Config"].as_array())
+            .and_then(|configs| configs.first())
+            .filter(|config| config["Subnet"].as_str().is_some_and(|subnet| !subnet.is_empty()));
+        let bridged = self.isolation.bridges_user_networks();
+        let requested = match requested {
+            Some(config) if bridged => Some(Ipam::from_request(config)?),
+            Some(_) => {
+                // NOTE: containers on user-defined networks share the
+                // host's network here, so a requested subnet cannot be
+                // honoured; inspect shows 127.N.0.0/16.
+                tracing::warn!(network = %name, "ignoring the requested IPAM configuration");
+                None
+            }
+            None => None,
+        };
 
         let mut networks = self.networks.lock();
         if built_in(&name).is_some() || networks.values().any(|network| network.name == name) {
@@ -331,19 +512,39 @@ impl Daemon {
                 "network with name {name} already exists"
             )));
         }
-        let used: BTreeSet<u8> = networks
-            .values()
-            .map(|network| network.subnet_octet)
-            .collect();
-        let subnet_octet = (1..=u8::MAX)
-            .find(|octet| !used.contains(octet))
-            .ok_or_else(|| {
-                Error::Forbidden(
-                    "could not find an available, non-overlapping IPv4 address pool among the \
+        let exhausted = || {
+            Error::Forbidden(
+                "could not find an available, non-overlapping IPv4 address pool among the \
                  defaults to assign to the network"
-                        .into(),
-                )
-            })?;
+                    .into(),
+            )
+        };
+        let (subnet_octet, ipam) = if bridged {
+            let taken: Vec<Ipam> = networks.values().filter_map(NetworkRecord::user_ipam).collect();
+            let overlaps = |candidate: &Ipam| taken.iter().any(|used| used.overlaps(candidate));
+            let ipam = match requested {
+                Some(ipam) if overlaps(&ipam) => {
+                    return Err(Error::Forbidden(format!(
+                        "invalid pool request: Pool overlaps with other one on this address space ({}/{})",
+                        ipam.subnet, ipam.prefix_len
+                    )))
+                }
+                Some(ipam) => ipam,
+                None => Ipam::default_pools()
+                    .find(|candidate| !overlaps(candidate))
+                    .ok_or_else(exhausted)?,
+            };
+            (0, ipam)
+        } else {
+            let used: BTreeSet<u8> = networks
+                .values()
+                .map(|network| network.subnet_octet)
+                .collect();
+            let octet = (1..=u8::MAX)
+                .find(|octet| !used.contains(octet))
+                .ok_or_else(exhausted)?;
+            (octet, Ipam::loopback(octet))
+        };
         let id = loop {
             let id = hex::encode(rand::thread_rng().gen::<[u8; 32]>());
             if !networks.keys().any(|existing| existing[..12] == id[..12]) {
@@ -361,6 +562,7 @@ impl Daemon {
             attachable: request.attachable.unwrap_or(false),
             enable_ipv6: request.enable_ipv6.unwrap_or(false),
             subnet_octet,
+            ipam: Some(ipam),
             built_in: false,
         };
         self.networks
@@ -368,7 +570,7 @@ impl Daemon {
             .map_err(|error| Error::internal("failed to save the network", error))?;
         networks.insert(id, record.clone());
         tracing::info!(network = %short(&record.id), name = %record.name,
-            subnet = %format!("127.{subnet_octet}.0.0/16"), "created network");
+            subnet = %format!("{}/{}", ipam.subnet, ipam.prefix_len), "created network");
         Ok(record)
     }
 
@@ -408,6 +610,7 @@ impl Daemon {
             .delete(&network.id)
             .map_err(|error| Error::internal("failed to delete the network record", error))?;
         networks.remove(&network.id);
+        self.isolation.remove_network(&network.id);
         self.write_hosts_files_locked();
         tracing::info!(network = %short(&network.id), name = %network.name, "removed network");
         Ok(())
@@ -529,8 +732,9 @@ impl Daemon {
         Ok(())
     }
 
-    /// Connects a container, running or not, to a network.
-    pub fn connect_network(
+    /// Connects a container, running or not, to a network. A running
+    /// container with a namespace joins the network's bridge at once.
+    pub async fn connect_network(
         &self,
         network: &str,
         container: &Arc<Container>,
@@ -560,8 +764,19 @@ impl Daemon {
             })?;
         }
         self.add_endpoint_locked(container, &network, request)?;
-        self.write_hosts_files_locked();
         drop(networks);
+        let link = container
+            .record()
+            .networks
+            .get(&network.name)
+            .and_then(|endpoint| self.network_link(endpoint));
+        if let Some(link) = link {
+            if let Err(error) = self.isolation.connect(&record.id, &link).await {
+                container.update(|record| record.networks.remove(&network.name));
+                return Err(Error::internal("failed to connect the container to the network's bridge", error));
+            }
+        }
+        self.write_hosts_files();
         tracing::info!(container = %short(&record.id), network = %short(&network.id),
             name = %network.name, "connected container to network");
         Ok(())
@@ -569,10 +784,10 @@ impl Daemon {
 
     /// Disconnects a container from a network. The API's `force` needs no
     /// handling, because an endpoint here never outlives its container.
-    pub fn disconnect_network(&self, network: &str, container: &Arc<Container>) -> Result<()> {
+    pub async fn disconnect_network(&self, network: &str, container: &Arc<Container>) -> Result<()> {
         let network = self.network(network)?;
         let record = container.record();
-        let _networks = self.networks.lock();
+        let networks = self.networks.lock();
         let Some(name) = endpoint_of(&record, &network) else {
             // Docker reports this without a status class, so as a 500.
             return Err(Error::Internal(format!(
@@ -588,6 +803,11 @@ impl Daemon {
         }
         container.update(|record| record.networks.remove(&name));
         self.write_hosts_files_locked();
+        drop(networks);
+        if let Err(error) = self.isolation.disconnect(&record.id, &network.id).await {
+            tracing::warn!(container = %short(&record.id), network = %short(&network.id),
+                %error, "failed to remove the container's interface on the network");
+        }
         tracing::info!(container = %short(&record.id), network = %short(&network.id),
             name = %network.name, "disconnected container from network");
         Ok(())
@@ -608,35 +828,32 @@ impl Daemon {
         network: &NetworkRecord,
         request: EndpointRequest,
     ) -> Result<()> {
-        let ip_address = if network.built_in {
-            None
-        } else {
-            let taken: BTreeSet<Ipv4Addr> = self
-                .network_members(network)
-                .iter()
-                .filter_map(|record| {
-                    record
-                        .networks
-                        .values()
-                        .find(|e| e.network_id == network.id)?
-                        .ip_address
-                })
-                .collect();
-            // Host numbers start at 2, after the gateway, and stop before
-            // the broadcast address 127.N.255.255.
-            let address = (2..u16::MAX)
-                .map(|host| {
-                    let [high, low] = host.to_be_bytes();
-                    Ipv4Addr::new(127, network.subnet_octet, high, low)
-                })
-                .find(|address| !taken.contains(address))
-                .ok_or_else(|| {
-                    Error::Forbidden(format!(
-                        "no available IPv4 addresses on network {}",
-                        network.name
-                    ))
-                })?;
-            Some(address)
+        let ipam = network.user_ipam();
+        let ip_address = match &ipam {
+            None => None,
+            Some(ipam) => {
+                let taken: BTreeSet<Ipv4Addr> = self
+                    .network_members(network)
+                    .iter()
+                    .filter_map(|record| {
+                        record
+                            .networks
+                            .values()
+                            .find(|e| e.network_id == network.id)?
+                            .ip_address
+                    })
+                    .collect();
+                let address = ipam
+                    .hosts()
+                    .find(|address| !taken.contains(address))
+                    .ok_or_else(|| {
+                        Error::Forbidden(format!(
+                            "no available IPv4 addresses on network {}",
+                            network.name
+                        ))
+                    })?;
+                Some(address)
+            }
         };
         let endpoint = EndpointRecord {
             network_id: network.id.clone(),
@@ -644,6 +861,8 @@ impl Daemon {
             aliases: request.aliases.unwrap_or_default(),
             links: request.links.unwrap_or_default(),
             ip_address,
+            gateway: ipam.map(|ipam| ipam.gateway),
+            prefix_len: ipam.map_or(0, |ipam| ipam.prefix_len),
         };
         container.update(|record| record.networks.insert(network.name.clone(), endpoint));
         Ok(())
@@ -652,14 +871,18 @@ impl Daemon {
     /// Writes every container's hosts file from the endpoints and links
     /// of all containers. The caller holds the network store's lock.
     fn write_hosts_files_locked(&self) {
-        let records: Vec<(PathBuf, ContainerRecord)> = self
+        let records: Vec<(PathBuf, ContainerRecord, Placement)> = self
             .containers()
             .iter()
-            .map(|container| (container.dir.join("hosts"), container.record()))
+            .map(|container| {
+                let record = container.record();
+                let placement = self.placement(&record);
+                (container.dir.join("hosts"), record, placement)
+            })
             .collect();
-        for (path, record) in &records {
-            let entries = hosts_entries(record, &records);
-            let text = files::render_hosts(record, &entries);
+        for (path, record, placement) in &records {
+            let entries = hosts_entries(record, *placement, &records);
+            let text = files::render_hosts(record, placement.host_address(), &entries);
             match files::rewrite_in_place(path, &text) {
                 Ok(true) => {
                     tracing::debug!(container = %record.short_id(), entries = entries.len(), "rewrote hosts file");
@@ -696,21 +919,53 @@ fn check_aliases(network: &NetworkRecord, request: &EndpointRequest) -> Result<(
     Ok(())
 }
 
-/// Returns the names that resolve from inside `record`'s container, one
-/// list for each peer line of its hosts file. A peer is every container on
-/// a user-defined network it shares, itself included, with its name,
+/// Returns the address at which the container of `record`, placed at
+/// `placement`, reaches `peer` on the network `network_id`: the peer's
+/// address there when both are on the network's bridge, otherwise the
+/// address of the host's loopback from the container, where a peer in the
+/// host's network listens.
+fn peer_address(
+    placement: Placement,
+    peer: &ContainerRecord,
+    peer_placement: Placement,
+    network_id: Option<&str>,
+) -> Ipv4Addr {
+    let both_bridged = matches!(placement, Placement::Namespace { bridged: true, .. })
+        && matches!(peer_placement, Placement::Namespace { bridged: true, .. });
+    let shared = network_id.and_then(|id| {
+        peer.networks
+            .values()
+            .find(|endpoint| endpoint.network_id == id)?
+            .ip_address
+    });
+    // NOTE: a peer in a namespace of its own that is not on a shared
+    // bridge (a `--link` on the default network) does not listen on the
+    // host's loopback, so only its published ports are reachable there.
+    match shared {
+        Some(address) if both_bridged => address,
+        _ => placement.host_address(),
+    }
+}
+
+/// Returns the lines of `record`'s hosts file for its peers: an address
+/// and the names that resolve to it. A peer is every container on a
+/// user-defined network it shares, itself included, with its name,
 /// aliases there and short id. Every container it links to is one too.
-fn hosts_entries(record: &ContainerRecord, all: &[(PathBuf, ContainerRecord)]) -> Vec<Vec<String>> {
-    let mut entries: Vec<Vec<String>> = Vec::new();
+fn hosts_entries(
+    record: &ContainerRecord,
+    placement: Placement,
+    all: &[(PathBuf, ContainerRecord, Placement)],
+) -> Vec<(Ipv4Addr, Vec<String>)> {
+    let mut entries: Vec<(Ipv4Addr, Vec<String>)> = Vec::new();
     // The container's own hostname already has a line of its own.
     let mut seen: BTreeSet<String> = BTreeSet::from([record.hostname()]);
-    let mut push = |names: Vec<String>| {
+    let mut push = |address: Ipv4Addr, names: Vec<String>| {
         let fresh: Vec<String> = names
             .into_iter()
             .filter(|name| seen.insert(name.clone()))
             .collect();
         if !fresh.is_empty() {
-            entries.push(fresh);
+            entries.push((address, fresh));
         }
     };
     for endpoint in record
@@ -718,7 +973,7 @@ fn hosts_entries(record: &ContainerRecord, all: &[(PathBuf, ContainerRecord)]) -
         .values()
         .filter(|endpoint| endpoint.ip_address.is_some())
     {
-        for (_, peer) in all {
+        for (_, peer, peer_placement) in all {
             let Some(peer_endpoint) = peer
                 .networks
                 .values()
@@ -726,10 +981,11 @@ fn hosts_entries(record: &ContainerRecord, all: &[(PathBuf, ContainerRecord)]) -
             else {
                 continue;
             };
+            let address = peer_address(placement, peer, *peer_placement, Some(&endpoint.network_id));
             let mut names = vec![peer.name.clone()];
             names.extend(peer_endpoint.aliases.iter().cloned());
             names.push(peer.short_id().to_string());
-            push(names);
+            push(address, names);
         }
     }
     let mut links: Vec<String> = record.host_config["Links"]
@@ -748,9 +1004,19 @@ fn hosts_entries(record: &ContainerRecord, all: &[(PathBuf, ContainerRecord)]) -
         let (name, alias) = parse_link(&link);
         let peer = all
             .iter()
-            .find(|(_, peer)| peer.name == name || peer.id.starts_with(&name));
-        if let Some((_, peer)) = peer {
-            push(vec![alias, peer.name.clone(), peer.short_id().to_string()]);
+            .find(|(_, peer, _)| peer.name == name || peer.id.starts_with(&name));
+        if let Some((_, peer, peer_placement)) = peer {
+            // A link reaches the peer over the first user-defined network
+            // both share, if any.
+            let shared = record.networks.values().find_map(|endpoint| {
+                endpoint.ip_address?;
+                peer.networks
+                    .values()
+                    .any(|e| e.network_id == endpoint.network_id)
+                    .then_some(endpoint.network_id.as_str())
+            });
+            let address = peer_address(placement, peer, *peer_placement, shared);
+            push(address, vec![alias, peer.name.clone(), peer.short_id().to_string()]);
         }
     }
     entries
@@ -768,6 +1034,51 @@ mod tests {
             parse_link("/db:/web/database"),
             ("db".into(), "database".into())
         );
+    }
+
+    #[test]
+    fn ipam_parses_requested_subnet() {
+        let ipam = Ipam::from_request(&serde_json::json!({"Subnet": "10.9.8.7/24"})).unwrap();
+        assert_eq!(ipam.subnet, Ipv4Addr::new(10, 9, 8, 0));
+        assert_eq!(ipam.prefix_len, 24);
+        assert_eq!(ipam.gateway, Ipv4Addr::new(10, 9, 8, 1));
+
+        let config = serde_json::json!({"Subnet": "10.9.8.0/24", "Gateway": "10.9.8.254"});
+        let ipam = Ipam::from_request(&config).unwrap();
+        assert_eq!(ipam.gateway, Ipv4Addr::new(10, 9, 8, 254));
+        let hosts: Vec<Ipv4Addr> = ipam.hosts().collect();
+        assert_eq!(hosts.first(), Some(&Ipv4Addr::new(10, 9, 8, 1)));
+        assert_eq!(hosts.last(), Some(&Ipv4Addr::new(10, 9, 8, 253)));
+        assert_eq!(hosts.len(), 253);
+    }
+
+    #[test]
+    fn ipam_rejects_invalid_requests() {
+        for config in [
+            serde_json::json!({"Subnet": "10.9.8.0"}),
+            serde_json::json!({"Subnet": "fd00::/64"}),
+            serde_json::json!({"Subnet": "10.9.8.0/31"}),
+            serde_json::json!({"Subnet": "10.9.8.0/24", "Gateway": "10.9.9.1"}),
+        ] {
+            let result = Ipam::from_request(&config);
+            assert!(
+                matches!(result, Err(Error::InvalidParameter(_))),
+                "{config} gave {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_pools_follow_docker() {
+        let pools: Vec<Ipam> = Ipam::default_pools().collect();
+        assert_eq!(pools[0].subnet, Ipv4Addr::new(172, 18, 0, 0));
+        assert_eq!(pools[0].gateway, Ipv4Addr::new(172, 18, 0, 1));
+        assert_eq!(pools[13].subnet, Ipv4Addr::new(172, 31, 0, 0));
+        assert_eq!(pools[14].subnet, Ipv4Addr::new(192, 168, 0, 0));
+        assert_eq!(pools[14].prefix_len, 20);
+        assert_eq!(pools[15].subnet, Ipv4Addr::new(192, 168, 16, 0));
+        assert!(pools[0].overlaps(&Ipam::from_request(&serde_json::json!({"Subnet": "172.18.5.0/24"})).unwrap()));
+        assert!(!pools[0].overlaps(&pools[1]));
     }
 
     #[test]
@@ -810,12 +1121,11 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_addresses_derive_mac_and_gateway() {
+    fn endpoint_address_derives_mac() {
         let endpoint = EndpointRecord {
             ip_address: Some(Ipv4Addr::new(127, 5, 0, 2)),
             ..Default::default()
         };
         assert_eq!(endpoint.mac_address(), "02:42:7f:05:00:02");
-        assert_eq!(endpoint.gateway(), Some(Ipv4Addr::new(127, 5, 0, 1)));
     }
 }
