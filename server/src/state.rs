@@ -34,7 +34,7 @@ pub fn prepare(dir: &Path) -> anyhow::Result<Flock<File>> {
             let mut owner = String::new();
             let _ = file.read_to_string(&mut owner);
             anyhow::bail!(
-                "state directory {} is in use by another sidewhale (pid {}); stop it or choose \\
+                "state directory {} is in use by another sidewhale (pid {}); stop it or choose \
                  another --state-dir",
                 dir.display(),
                 owner.trim()

@@ -98,7 +98,10 @@ def test_protocol_acks_and_removes_matches(sidewhale, images, docker_client):
     assert wait_until(lambda: b"Started!" in ryuk.logs(), 10)
 
     kept = docker_client.containers.create("busybox:latest", ["true"], labels={"other": "1"})
-    doomed = docker_client.containers.run("busybox:latest", ["sleep", "300"], detach=True, labels=labels)
+    doomed = docker_client.containers.run(
+        "busybox:latest", ["sleep", "300"], detach=True, labels=labels, volumes=["/scratch"]
+    )
+    doomed_volume = doomed.attrs["Mounts"][0]["Name"]
     network = docker_client.networks.create(f"ryuk-{session[:8]}", labels=labels)
 
     with socket.create_connection(("127.0.0.1", host_port), timeout=10) as client:
@@ -113,6 +116,8 @@ def test_protocol_acks_and_removes_matches(sidewhale, images, docker_client):
         assert doomed.id in container_ids(docker_client)
 
     assert wait_until(lambda: doomed.id not in container_ids(docker_client), 30)
+    # Ryuk removes with RemoveVolumes, so anonymous volumes go too.
+    assert doomed_volume not in [volume.name for volume in docker_client.volumes.list()]
     assert kept.id in container_ids(docker_client)
     assert not docker_client.networks.list(names=[network.name])
     ryuk.reload()

@@ -119,6 +119,8 @@ pub async fn restart(
         Err(error) => return Err(error.into()),
     }
     daemon.start_container(&container).await?;
+    // Docker follows the stop and start events with `restart`.
+    daemon.container_event(&container.record(), "restart", &[]);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -165,6 +165,11 @@ impl Daemon {
             env.retain(|existing| existing.split('=').next() != Some(key.as_str()));
             env.push(entry);
         }
+        let tty = tty.or(exec.config.tty).unwrap_or(false);
+        // Docker sets TERM for an exec with a terminal, as for a container.
+        if tty && !env.iter().any(|entry| entry.split('=').next() == Some("TERM")) {
+            env.push("TERM=xterm".to_string());
+        }
         let non_empty = |value: &Option<String>| value.clone().filter(|text| !text.is_empty());
         let process = ProcessSpec {
             argv: exec.config.cmd.clone().unwrap_or_default(),
@@ -175,7 +180,7 @@ impl Daemon {
             user: non_empty(&exec.config.user)
                 .or_else(|| record.config.user.clone())
                 .unwrap_or_default(),
-            tty: tty.or(exec.config.tty).unwrap_or(false),
+            tty,
             open_stdin: exec.config.attach_stdin.unwrap_or(false),
         };
 

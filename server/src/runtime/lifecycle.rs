@@ -1,5 +1,6 @@
 //! Starting, stopping, killing, waiting for and removing containers.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,11 +9,14 @@ use tokio::sync::watch;
 
 use super::isolation::Placement;
 use super::logs::Stream;
-use super::model::Status;
+use super::model::{ContainerRecord, Status};
 use super::{files, parse_signal, ryuk, Container, Daemon, Error, Result};
 
 /// Docker's default grace period before `stop` kills.
 const DEFAULT_STOP_TIMEOUT: i64 = 10;
+/// The longest a container may take to stop when sidewhale shuts down,
+/// as Docker's daemon default `shutdown-timeout` of 15 s.
+const SHUTDOWN_TIMEOUT: i64 = 15;
 
 /// How long a process may keep its output pipes open after it exited,
 /// for example through a daemon it started, before they are abandoned.
@@ -279,6 +283,10 @@ impl Daemon {
         let record = container.record();
         match self.remove_container(container, true).await {
             Ok(()) => self.remove_anonymous_volumes(&record),
+            Err(Error::Conflict(message)) => {
+                // A client's DELETE owns the removal.
+                tracing::debug!(container = %&record.id[..12], %message, "auto-removal left to another removal");
+            }
             Err(error) => {
                 tracing::warn!(container = %&record.id[..12], %error, "failed to auto-remove container");
             }
@@ -351,14 +359,32 @@ impl Daemon {
     /// Removes a container; a running one only with `force`, which kills it.
     pub async fn remove_container(&self, container: &Arc<Container>, force: bool) -> Result<()> {
         let record = container.record();
-        if record.state.running() {
-            if !force {
-                return Err(Error::Conflict(format!(
-                    "cannot remove container \"/{}\": container is running: stop the container \
-                     before removing or force remove",
-                    record.name
-                )));
-            }
+        let in_progress = || {
+            Error::Conflict(format!("removal of container {} is already in progress", record.id))
+        };
+        if record.state.running() && !force {
+            return Err(Error::Conflict(format!(
+                "cannot remove container \"/{}\": container is running: stop the container \
+                 before removing or force remove",
+                record.name
+            )));
+        }
+        // Claimed before the kill, as Docker marks the removal in progress
+        // first: the exit of an AutoRemove container then leaves the
+        // removal to this call, which answers the client with success.
+        if container.removal_claimed.swap(true, Ordering::SeqCst) {
+            return Err(in_progress());
+        }
+        let result = self.remove_claimed(container, &record).await;
+        if result.is_err() {
+            container.removal_claimed.store(false, Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// Removes a container whose removal this caller claimed.
+    async fn remove_claimed(&self, container: &Arc<Container>, record: &ContainerRecord) -> Result<()> {
+        if container.record().state.running() {
             let changes = container.subscribe();
             self.resume_if_paused(container).await;
             if let Some(control) = container.control() {
@@ -387,7 +413,7 @@ impl Daemon {
         self.write_hosts_files();
         container.changes.send_modify(|version| *version += 1);
         tracing::info!(container = %&record.id[..12], "removed container");
-        self.container_event(&record, "destroy", &[]);
+        self.container_event(record, "destroy", &[]);
         Ok(())
     }
 
@@ -443,7 +469,31 @@ impl Daemon {
     /// Kills every running container, so that no process outlives the
     /// server that supervises it, and waits for their exits to be saved.
     pub async fn shutdown(&self) {
-        for container in self.containers() {
+        let running: Vec<_> = self
+            .containers()
+            .into_iter()
+            .filter(|container| container.record().state.running())
+            .collect();
+        // As Docker's daemon does without live restore: each container gets
+        // its stop signal and its stop timeout, capped at the daemon's
+        // shutdown timeout, all at once, so that databases can flush.
+        let stops = running.iter().map(|container| async move {
+            let timeout = container
+                .record()
+                .config
+                .stop_timeout
+                .unwrap_or(DEFAULT_STOP_TIMEOUT);
+            let timeout = if timeout < 0 {
+                SHUTDOWN_TIMEOUT
+            } else {
+                timeout.min(SHUTDOWN_TIMEOUT)
+            };
+            if let Err(error) = self.stop_container(container, Some(timeout), None).await {
+                tracing::debug!(container = %&container.id[..12], %error, "stop at shutdown");
+            }
+        });
+        futures::future::join_all(stops).await;
+        for container in running {
             if container.record().state.running() {
                 let changes = container.subscribe();
                 if let Some(control) = container.control() {

@@ -55,6 +55,9 @@ pub struct Container {
     stdin: Mutex<Option<BoxedWriter>>,
     /// Serialises start, stop and remove of this container.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Set by the removal that owns this container, before it kills a
+    /// running process, so that the exit's auto-removal skips it.
+    removal_claimed: std::sync::atomic::AtomicBool,
 }
 
 impl Container {
@@ -69,6 +72,7 @@ impl Container {
             control: Mutex::new(None),
             stdin: Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
+            removal_claimed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

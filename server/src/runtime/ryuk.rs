@@ -480,8 +480,13 @@ impl Daemon {
             if record.id == reaper.id || !matches(&labels, &record.name, &record.id) {
                 continue;
             }
+            // Ryuk removes containers with RemoveVolumes, which takes
+            // their anonymous volumes with them.
             match self.remove_container(&container, true).await {
-                Ok(()) => containers += 1,
+                Ok(()) => {
+                    self.remove_anonymous_volumes(&record);
+                    containers += 1;
+                }
                 Err(error) => {
                     tracing::warn!(container = %reaper.short_id(), target = %record.short_id(), %error,
                         "the built-in Ryuk failed to remove a container");
