@@ -138,6 +138,7 @@ impl ProotExecutor {
             binds,
             working_dir: checked.working_dir,
             user: checked.user,
+            groups: checked.groups,
             argv: checked.argv,
             env: checked.env,
             tty: process.tty,

@@ -25,6 +25,8 @@ pub(crate) struct LaunchSpec {
     pub binds: Vec<(PathBuf, String)>,
     pub working_dir: String,
     pub user: ResolvedUser,
+    /// The user's primary gid and supplementary groups.
+    pub groups: Vec<u32>,
     pub argv: Vec<String>,
     /// The complete environment of the process, defaults included.
     pub env: Vec<(String, String)>,
@@ -91,6 +93,21 @@ pub(crate) fn spawn(
     if let Some(network) = network {
         sidewhale_netns::join(&mut command, network)
             .map_err(|e| ExecutorError::io("open the container's network namespace", e))?;
+    }
+    if !spec.user.is_root() {
+        // proot fakes the uid and gid but not the supplementary groups,
+        // which the kernel reports: without this a non-root image user
+        // would keep sidewhale's groups, such as root's group 0. Where
+        // sidewhale may not set groups, they stay as they are.
+        let groups: Vec<libc::gid_t> = spec.groups.clone();
+        // SAFETY: setgroups is async-signal-safe and reads memory
+        // prepared before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                libc::setgroups(groups.len(), groups.as_ptr());
+                Ok(())
+            });
+        }
     }
     let filter = statx_filter()?;
     // SAFETY: `install` only makes system calls on memory prepared before
@@ -282,6 +299,7 @@ mod tests {
                 ("/state/c/abc/hosts".into(), "/etc/hosts".into()),
             ],
             working_dir: "/app".into(),
+            groups: vec![gid],
             user: ResolvedUser {
                 uid,
                 gid,

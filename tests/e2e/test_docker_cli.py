@@ -142,3 +142,13 @@ def test_cli_run_rm_of_missing_command_exits_127(sidewhale, name):
     assert "/no/such/program" in result.stderr
     gone = docker(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}}")
     assert gone.stdout == ""
+
+
+def test_cli_non_root_user_has_only_its_groups(sidewhale):
+    """A non-root image user gets its own groups, not sidewhale's (root's
+    group 0 would open files of the root group)."""
+    docker(sidewhale, "pull", "busybox")
+
+    result = docker(sidewhale, "run", "--rm", "-u", "65534", "busybox", "id", "-G")
+
+    assert result.stdout == "65534\n"
