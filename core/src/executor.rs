@@ -34,6 +34,11 @@ pub struct ProcessSpec {
     /// Keep stdin open as a pipe. Without it the process reads from
     /// `/dev/null`.
     pub open_stdin: bool,
+    /// With `tty`, the terminal's `[rows, columns]` from the process's
+    /// start, so that a program reading its size at once sees the
+    /// client's. `None` leaves the size to a later resize.
+    #[serde(default)]
+    pub console_size: Option<[u16; 2]>,
 }
 
 /// A host path made visible inside the container.

@@ -341,6 +341,7 @@ impl Executor for BubblewrapExecutor {
         let mut spawned = spawn_command(
             command,
             container.process.tty,
+            container.process.console_size,
             container.process.open_stdin,
             &|error| missing_binary_error(&bwrap, "bubblewrap", error),
         )?;
@@ -434,7 +435,7 @@ impl Executor for BubblewrapExecutor {
             }
         }
         let nsenter = self.nsenter.clone();
-        let mut spawned = spawn_command(command, process.tty, process.open_stdin, &|error| {
+        let mut spawned = spawn_command(command, process.tty, process.console_size, process.open_stdin, &|error| {
             missing_binary_error(&nsenter, "util-linux", error)
         })?;
 

@@ -79,7 +79,7 @@ impl ChrootExecutor {
     ) -> Result<Process, ExecutorError> {
         let is_main = report.is_some();
         let argv0 = checked.argv.first().cloned().unwrap_or_default();
-        let spawned = spawn_command(command, process.tty, process.open_stdin, &|error| {
+        let spawned = spawn_command(command, process.tty, process.console_size, process.open_stdin, &|error| {
             spawn_error(&argv0, error)
         })?;
         let pid = spawned

@@ -142,6 +142,7 @@ impl ProotExecutor {
             argv: checked.argv,
             env: checked.env,
             tty: process.tty,
+            console_size: process.console_size,
             open_stdin: process.open_stdin,
         })
     }

@@ -31,6 +31,8 @@ pub(crate) struct LaunchSpec {
     /// The complete environment of the process, defaults included.
     pub env: Vec<(String, String)>,
     pub tty: bool,
+    /// The terminal's `[rows, columns]` at start, with `tty`.
+    pub console_size: Option<[u16; 2]>,
     pub open_stdin: bool,
 }
 
@@ -116,7 +118,7 @@ pub(crate) fn spawn(
         command.pre_exec(move || filter.install());
     }
 
-    spawn_command(command, spec.tty, spec.open_stdin, &|error| {
+    spawn_command(command, spec.tty, spec.console_size, spec.open_stdin, &|error| {
         spawn_error(spec, error)
     })
 }
@@ -140,11 +142,12 @@ fn statx_filter() -> Result<StatxFilter, ExecutorError> {
 pub(crate) fn spawn_command(
     command: Command,
     tty: bool,
+    console_size: Option<[u16; 2]>,
     open_stdin: bool,
     on_error: &dyn Fn(std::io::Error) -> ExecutorError,
 ) -> Result<Spawned, ExecutorError> {
     if tty {
-        spawn_with_pty(command, open_stdin, on_error)
+        spawn_with_pty(command, console_size, open_stdin, on_error)
     } else {
         spawn_with_pipes(command, open_stdin, on_error)
     }
@@ -219,10 +222,15 @@ fn spawn_retrying(command: &mut Command) -> std::io::Result<Child> {
 
 fn spawn_with_pty(
     mut command: Command,
+    console_size: Option<[u16; 2]>,
     open_stdin: bool,
     on_error: &dyn Fn(std::io::Error) -> ExecutorError,
 ) -> Result<Spawned, ExecutorError> {
     let pty = Pty::open().map_err(|e| ExecutorError::io("open a pseudo-terminal", e))?;
+    if let Some([rows, columns]) = console_size.filter(|[rows, columns]| *rows > 0 && *columns > 0) {
+        crate::pty::set_window_size(&pty.master, rows, columns)
+            .map_err(|e| ExecutorError::io("set the pseudo-terminal's size", e))?;
+    }
     let clone = |fd: &OwnedFd| {
         fd.try_clone()
             .map_err(|e| ExecutorError::io("duplicate a pseudo-terminal fd", e))
@@ -308,6 +316,7 @@ mod tests {
             argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
             env: vec![],
             tty: false,
+            console_size: None,
             open_stdin: false,
         }
     }

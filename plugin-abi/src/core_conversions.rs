@@ -19,6 +19,7 @@ impl From<&ProcessSpec> for ProcessRequest {
             user: process.user.clone(),
             tty: process.tty,
             open_stdin: process.open_stdin,
+            console_size: process.console_size,
         }
     }
 }
@@ -32,6 +33,7 @@ impl From<ProcessRequest> for ProcessSpec {
             user: process.user,
             tty: process.tty,
             open_stdin: process.open_stdin,
+            console_size: process.console_size,
         }
     }
 }
@@ -176,6 +178,7 @@ mod tests {
                 user: "1000:1000".into(),
                 tty: true,
                 open_stdin: true,
+                console_size: Some([24, 80]),
             },
             mounts: vec![Mount {
                 source: "/host/data".into(),

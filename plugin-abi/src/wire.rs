@@ -54,6 +54,10 @@ pub struct ProcessRequest {
     /// Give the host a stdin fd. Without it the process reads `/dev/null`.
     #[serde(default)]
     pub open_stdin: bool,
+    /// With `tty`, the terminal's `[rows, columns]` at start. Absent from
+    /// requests of hosts older than this field; plugins may ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_size: Option<[u16; 2]>,
 }
 
 /// A host file or directory made visible inside the container.

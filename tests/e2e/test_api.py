@@ -273,3 +273,31 @@ def test_multiarch_index_resolves_host_platform(docker_client, sidewhale):
     assert image.attrs["Architecture"] == "amd64"
     code, output = run_to_exit(docker_client, "busybox:multiarch", ["echo", "ok"])
     assert (code, output) == (0, b"ok\n")
+
+
+def test_console_size_applies_from_the_start(sidewhale, docker_client):
+    """The docker CLI sends its terminal's size as ConsoleSize; a program
+    that reads the size at once sees it, before any resize call."""
+    docker_client.images.pull("busybox", tag="latest")
+    status, created = request(sidewhale, "POST", "/containers/create", {
+        "Image": "busybox", "Cmd": ["stty", "size"], "Tty": True,
+        "HostConfig": {"ConsoleSize": [30, 100]},
+    })
+    assert status == 201
+    container = docker_client.containers.get(created["Id"])
+    try:
+        container.start()
+        assert container.wait(timeout=60)["StatusCode"] == 0
+        assert container.logs() == b"30 100\r\n"
+
+        sleeper = docker_client.containers.run("busybox", ["sleep", "300"], detach=True)
+        exec_id = docker_client.api.exec_create(sleeper.id, ["stty", "size"], tty=True)["Id"]
+        status, output = request(
+            sidewhale, "POST", f"/exec/{exec_id}/start",
+            {"Detach": False, "Tty": True, "ConsoleSize": [31, 101]},
+        )
+        assert status == 200
+        assert output == "31 101\r\n"
+        sleeper.remove(force=True)
+    finally:
+        container.remove(force=True)

@@ -31,6 +31,9 @@ pub async fn create(
 struct StartRequest {
     detach: Option<bool>,
     tty: Option<bool>,
+    /// `[rows, columns]` of the client's terminal, given to the process's
+    /// terminal before it starts.
+    console_size: Option<[u16; 2]>,
 }
 
 /// Maximum size of a request body read before a connection is hijacked.
@@ -50,7 +53,7 @@ pub async fn start(
 
     let exec = daemon.exec(&id)?;
     let tty = start.tty.or(exec.config.tty).unwrap_or(false);
-    let outcome = daemon.start_exec(&exec, Some(tty)).await?;
+    let outcome = daemon.start_exec(&exec, Some(tty), start.console_size).await?;
 
     let output = match outcome {
         ExecStart::Failed { message } => {

@@ -139,7 +139,12 @@ impl Daemon {
 
     /// Starts the exec's process. `tty` overrides the exec's own setting
     /// when the start request names one.
-    pub async fn start_exec(&self, exec: &ExecInstance, tty: Option<bool>) -> Result<ExecStart> {
+    pub async fn start_exec(
+        &self,
+        exec: &ExecInstance,
+        tty: Option<bool>,
+        console_size: Option<[u16; 2]>,
+    ) -> Result<ExecStart> {
         let container = self.container(&exec.container_id)?;
         let record = container.record();
         {
@@ -181,6 +186,7 @@ impl Daemon {
                 .or_else(|| record.config.user.clone())
                 .unwrap_or_default(),
             tty,
+            console_size,
             open_stdin: exec.config.attach_stdin.unwrap_or(false),
         };
 

@@ -322,6 +322,7 @@ impl Daemon {
             user: record.config.user.clone().unwrap_or_default(),
             tty: false,
             open_stdin: false,
+            console_size: None,
         };
         let spec = self.container_spec(container);
         let started = match executor.exec(&spec, &process).await {

@@ -59,6 +59,7 @@ impl Daemon {
                 user: record.config.user.clone().unwrap_or_default(),
                 tty: record.config.tty.unwrap_or(false),
                 open_stdin: record.config.open_stdin.unwrap_or(false),
+                console_size: console_size(&record.host_config["ConsoleSize"]),
             },
             mounts: files::mounts(&container.dir, &record),
             network: self.isolation.namespace(&record.id),
@@ -503,6 +504,18 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Reads a `ConsoleSize` of the API, `[rows, columns]` as the docker CLI
+/// sends it. Returns `None` when it is missing or has a zero.
+pub fn console_size(value: &serde_json::Value) -> Option<[u16; 2]> {
+    let dimension = |index: usize| {
+        value[index]
+            .as_u64()
+            .and_then(|number| u16::try_from(number).ok())
+            .filter(|number| *number > 0)
+    };
+    Some([dimension(0)?, dimension(1)?])
 }
 
 /// Saves the main process's pid and start time once the executor knows
