@@ -173,12 +173,17 @@ def test_extra_hosts_hostname_and_domainname(client, name):
     ).decode()
     lines = output.splitlines()
     assert "10.1.2.3\tdb.test" in lines
-    assert "127.0.0.1\tgateway.test" in lines
+    # host-gateway is the host's loopback: 127.0.0.1 itself, or
+    # slirp4netns's 10.0.2.2 from a network namespace.
+    host = next(line.split()[0] for line in lines if line.endswith("host.docker.internal"))
+    assert host in ("127.0.0.1", "10.0.2.2")
+    assert f"{host}\tgateway.test" in lines
     assert "127.0.0.1\tweb.example.test web" in lines
 
 
 def test_pause_and_unpause(sidewhale, client, name):
-    script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
+    # The rename keeps /tmp/count whole even when a pause comes mid-write.
+    script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/next; mv /tmp/next /tmp/count; sleep 0.1; done"
     container = client.containers.run("busybox", ["sh", "-c", script], name=name, detach=True)
     try:
         time.sleep(0.5)
