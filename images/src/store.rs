@@ -192,6 +192,7 @@ impl ImageStore {
             LookupKind::Tag(key) => {
                 catalog.tags.remove(&key);
                 events.push(RemoveEvent::Untagged(familiar_name(&key)));
+                untag_orphaned_digests(&mut catalog, &id, &key, &mut events);
             }
             LookupKind::RepoDigest(name) => {
                 if let Some(record) = catalog.images.get_mut(&id) {
@@ -692,6 +693,33 @@ fn resolve(catalog: &Catalog, name_or_id: &str) -> Option<Lookup> {
 }
 
 /// Returns the index keys of the tags pointing at `id`.
+/// Removes the repo digests of the repository of the tag `key` once no
+/// tag of that repository names the image `id` any more, as Docker does:
+/// they would otherwise show as `<none>` rows of that repository.
+fn untag_orphaned_digests(catalog: &mut Catalog, id: &str, key: &str, events: &mut Vec<RemoveEvent>) {
+    let repository = |name: &str| Reference::parse(name).ok().map(|r| r.familiar_repository());
+    let Some(removed_repository) = repository(key) else {
+        return;
+    };
+    let tagged = tags_of(&catalog.tags, id)
+        .iter()
+        .any(|tag| repository(tag).as_ref() == Some(&removed_repository));
+    if tagged {
+        return;
+    }
+    let Some(record) = catalog.images.get_mut(id) else {
+        return;
+    };
+    let prefix = format!("{removed_repository}@");
+    record.repo_digests.retain(|digest| {
+        let orphaned = digest.starts_with(&prefix);
+        if orphaned {
+            events.push(RemoveEvent::Untagged(digest.clone()));
+        }
+        !orphaned
+    });
+}
+
 fn tags_of(tags: &BTreeMap<String, String>, id: &str) -> Vec<String> {
     tags.iter()
         .filter(|(_, target)| *target == id)

@@ -352,7 +352,13 @@ def test_image_remove_events(private_server, private_client):
     image = client.images.pull("busybox", tag="latest")
     client.images.get("busybox:latest").tag("solo", tag="x")
     since = time.time()
-    assert client.api.remove_image("busybox:latest") == [{"Untagged": "busybox:latest"}]
+    # The busybox repository keeps no tag, so its digest reference goes
+    # too, as Docker removes it; solo:x keeps the image.
+    assert client.api.remove_image("busybox:latest") == [
+        {"Untagged": "busybox:latest"},
+        {"Untagged": image.attrs["RepoDigests"][0]},
+    ]
+    assert client.images.get("solo:x").attrs["RepoDigests"] == []
     removed = client.api.remove_image("solo:x")
     assert removed[0] == {"Untagged": "solo:x"}
     assert removed[-1] == {"Deleted": image.id}
