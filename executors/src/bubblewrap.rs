@@ -39,7 +39,7 @@ use tokio::process::{Child, Command};
 
 use crate::control::{watch_exit, ChildControl, Scope, Tracee};
 use crate::launch::{
-    check_process, create_mount_points, find_on_host_path, join_network, run_with_timeout,
+    check_process, create_mount_points, join_network, run_with_timeout,
     CheckedProcess,
 };
 use crate::procfs::{LinuxProcessTable, ProcessTable};
@@ -93,11 +93,11 @@ impl BubblewrapExecutor {
     pub fn new(options: BubblewrapOptions) -> Self {
         let bwrap = options
             .bwrap_path
-            .or_else(|| find_on_host_path("bwrap"))
+            .or_else(|| sidewhale_netns::find_on_path("bwrap"))
             .unwrap_or_else(|| PathBuf::from("bwrap"));
         let nsenter = options
             .nsenter_path
-            .or_else(|| find_on_host_path("nsenter"))
+            .or_else(|| sidewhale_netns::find_on_path("nsenter"))
             .unwrap_or_else(|| PathBuf::from("nsenter"));
 
         BubblewrapExecutor {
@@ -271,7 +271,7 @@ impl Executor for BubblewrapExecutor {
 
         // The host's own root as a read-only sandbox, with every namespace
         // that containers get.
-        let Some(true_path) = find_on_host_path("true") else {
+        let Some(true_path) = sidewhale_netns::find_on_path("true") else {
             return Probe::Available;
         };
         if self.maps_every_id() {
@@ -469,8 +469,8 @@ const SHARED_NAMESPACE_ARGS: [&str; 3] = ["--unshare-pid", "--unshare-ipc", "--u
 /// The host's own root as a read-only sandbox, for `probe`.
 const PROBE_MOUNT_ARGS: [&str; 7] = ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"];
 
-/// What a process does between fork and exec to take the container's
-/// credentials when the container's user namespace maps every id.
+/// The credentials a process takes between fork and exec when the
+/// container's user namespace maps every id.
 struct Credentials {
     /// The outer namespace of `ContainerUserNamespace`, joined first so
     /// that bwrap, as the inner namespace's owner, can join that one.

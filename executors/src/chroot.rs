@@ -28,7 +28,7 @@ use tokio::process::Command;
 
 use crate::control::{watch_exit, ChildControl, Scope, Tracee};
 use crate::launch::{
-    check_process, create_mount_points, find_on_host_path, join_network, CheckedProcess,
+    check_process, create_mount_points, join_network, CheckedProcess,
 };
 use crate::procfs::{LinuxProcessTable, ProcessTable};
 use crate::registry::Registry;
@@ -170,7 +170,7 @@ impl Executor for ChrootExecutor {
         // mode) cannot mount proc for the host's PID namespace. Try both
         // with the host's `true`: the proc mount stays in the probe's own
         // mount namespace.
-        let Some(true_path) = find_on_host_path("true") else {
+        let Some(true_path) = sidewhale_netns::find_on_path("true") else {
             return Probe::Available;
         };
         let mut command = std::process::Command::new(true_path);

@@ -104,15 +104,6 @@ pub(crate) fn create_mount_points(container: &ContainerSpec, host_binds: &[(Path
     }
 }
 
-/// Returns the first file called `name` in a directory of the `PATH` of
-/// the sidewhale process.
-pub(crate) fn find_on_host_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
 /// Runs `command` with no stdin, output captured, and at most 10 seconds.
 /// Returns the exit status and stderr on failure.
 pub(crate) async fn run_with_timeout(command: &mut tokio::process::Command) -> Result<(), String> {

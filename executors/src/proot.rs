@@ -13,7 +13,7 @@ use sidewhale_core::{
 use tokio::process::{Child, Command};
 
 use crate::control::{watch_exit, ChildControl, Scope, Tracee};
-use crate::launch::{check_process, create_mount_points, find_on_host_path, run_with_timeout};
+use crate::launch::{check_process, create_mount_points, run_with_timeout};
 use crate::procfs::{container_processes, LinuxProcessTable, ProcessTable};
 use crate::rootfs::RootfsView;
 use crate::spawn::{spawn, LaunchSpec};
@@ -50,7 +50,7 @@ impl ProotExecutor {
     pub fn new(options: ProotOptions) -> Self {
         let proot = options
             .proot_path
-            .or_else(|| find_on_host_path("proot"))
+            .or_else(|| sidewhale_netns::find_on_path("proot"))
             .unwrap_or_else(|| PathBuf::from("proot"));
 
         ProotExecutor {
@@ -221,7 +221,7 @@ impl Executor for ProotExecutor {
 
         // Run a host program with the host as rootfs: this fails where
         // ptrace is forbidden (seccomp profiles, kernel.yama.ptrace_scope=3).
-        let Some(true_path) = find_on_host_path("true") else {
+        let Some(true_path) = sidewhale_netns::find_on_path("true") else {
             return Probe::Available;
         };
         let mut command = Command::new(&self.proot);

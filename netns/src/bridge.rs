@@ -43,13 +43,7 @@ pub struct Bridge {
 
 /// Returns the path of `ip` in `PATH`, or the usual Debian location.
 fn ip_program() -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("ip"))
-                .find(|candidate| candidate.is_file())
-        })
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/ip"))
+    crate::find_on_path("ip").unwrap_or_else(|| PathBuf::from("/usr/sbin/ip"))
 }
 
 /// Runs `ip -batch -` with `commands` inside `namespace`.
@@ -107,7 +101,7 @@ impl Bridge {
         Ok(Bridge { holder })
     }
 
-    /// The namespace the bridge lives in.
+    /// Returns the namespace the bridge lives in.
     pub fn namespace(&self) -> NetworkNamespace {
         self.holder.namespace()
     }

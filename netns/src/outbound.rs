@@ -41,16 +41,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Returns the path of slirp4netns in `PATH`, if it is installed.
 pub fn find_program() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(PROGRAM))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    crate::find_on_path(PROGRAM)
 }
 
 /// A running slirp4netns attached to one namespace. Dropping it kills the

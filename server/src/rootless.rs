@@ -172,11 +172,13 @@ impl Plan {
 
 /// Looks `name` up on `PATH`, then in `/usr/bin` and `/bin`.
 fn find_program(name: &str) -> Result<PathBuf, String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+    sidewhale_netns::find_on_path(name)
+        .or_else(|| {
+            ["/usr/bin", "/bin"]
+                .map(|dir| Path::new(dir).join(name))
+                .into_iter()
+                .find(|candidate| candidate.is_file())
+        })
         .ok_or_else(|| format!("{name} is not installed"))
 }
 
