@@ -65,6 +65,25 @@ def request(server, method, path, body=None):
         return status, text
 
 
+def docker_cli(server, *args, check=True, input=None, timeout=120):
+    """Runs the docker CLI against `server` and returns the completed
+    process. With `check`, a non-zero exit fails the test with the output."""
+    result = subprocess.run(
+        ["docker", *args],
+        env=server.env(),
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"docker {' '.join(args)} exited with {result.returncode}\n"
+            f"stdout: {result.stdout}\nstderr: {result.stderr}"
+        )
+    return result
+
+
 class Sidewhale:
     """A running sidewhale process and where to reach it."""
 
@@ -207,6 +226,24 @@ def pytest_runtest_makereport(item, call):
     server = item.funcargs.get("sidewhale") if hasattr(item, "funcargs") else None
     if report.failed and server is not None:
         report.sections.append(("sidewhale log", server.log_tail()))
+
+
+@pytest.fixture
+def private_server():
+    """Returns a function that starts a sidewhale of the test's own, as
+    the test user, with extra arguments and an optional root directory.
+    Every server it started is stopped after the test."""
+    started = []
+
+    def start(*args, root=None):
+        server = Sidewhale(root or tempfile.mkdtemp(prefix="sw-private-"), TEST_USER, args)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

@@ -276,8 +276,8 @@ def test_multiarch_index_resolves_host_platform(docker_client, sidewhale):
 
 
 def test_console_size_applies_from_the_start(sidewhale, docker_client):
-    """The docker CLI sends its terminal's size as ConsoleSize; a program
-    that reads the size at once sees it, before any resize call."""
+    """The docker CLI sends its terminal's size as ConsoleSize. A program
+    that reads the size at once gets it, before any resize call."""
     docker_client.images.pull("busybox", tag="latest")
     status, created = request(sidewhale, "POST", "/containers/create", {
         "Image": "busybox", "Cmd": ["stty", "size"], "Tty": True,

@@ -5,19 +5,18 @@ testcontainers-python, including attempts to escape the rootfs."""
 import base64
 import io
 import json
-import os
 import pathlib
-import subprocess
 import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 
 import docker
 import pytest
+
+from conftest import docker_cli
 
 # Go's os.FileMode bits, as Docker's path stat carries them.
 MODE_DIR = 1 << 31
@@ -34,18 +33,6 @@ def images(sidewhale):
     for repository, tag in [("busybox", "latest")]:
         client.images.pull(repository, tag=tag)
     client.close()
-
-def docker_cli(sidewhale, *args, check=True):
-    result = subprocess.run(
-        ["docker", *args], env=sidewhale.env(), capture_output=True, text=True, timeout=120
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"docker {' '.join(args)} exited with {result.returncode}\n"
-            f"stdout: {result.stdout}\nstderr: {result.stderr}"
-        )
-    return result
-
 
 def make_tar(entries):
     """Builds a tar from (name, kind, data or target, mode) tuples."""

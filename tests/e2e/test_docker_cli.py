@@ -2,28 +2,12 @@
 stop and rm."""
 
 import pathlib
-import subprocess
 import time
 import uuid
 
 import pytest
 
-
-def docker(sidewhale, *args, check=True, input=None, timeout=120):
-    result = subprocess.run(
-        ["docker", *args],
-        env=sidewhale.env(),
-        capture_output=True,
-        text=True,
-        input=input,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"docker {' '.join(args)} exited with {result.returncode}\n"
-            f"stdout: {result.stdout}\nstderr: {result.stderr}"
-        )
-    return result
+from conftest import docker_cli
 
 
 @pytest.fixture
@@ -32,86 +16,86 @@ def name():
 
 
 def test_cli_container_lifecycle(sidewhale, name):
-    pulled = docker(sidewhale, "pull", "busybox")
+    pulled = docker_cli(sidewhale, "pull", "busybox")
     assert "busybox:latest" in pulled.stdout
 
     script = "echo hello; echo oops >&2; trap 'echo bye; exit 0' TERM; while true; do sleep 1; done"
-    created = docker(sidewhale, "create", "--name", name, "--label", "suite=cli", "busybox", "sh", "-c", script)
+    created = docker_cli(sidewhale, "create", "--name", name, "--label", "suite=cli", "busybox", "sh", "-c", script)
     container_id = created.stdout.strip()
     assert len(container_id) == 64
 
-    listed = docker(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}} {{.Status}}")
+    listed = docker_cli(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}} {{.Status}}")
     assert listed.stdout.startswith(container_id[:12])
     assert "Created" in listed.stdout
 
-    docker(sidewhale, "start", name)
-    running = docker(sidewhale, "ps", "--filter", "label=suite=cli", "--format", "{{.Names}} {{.Status}}")
+    docker_cli(sidewhale, "start", name)
+    running = docker_cli(sidewhale, "ps", "--filter", "label=suite=cli", "--format", "{{.Names}} {{.Status}}")
     assert f"{name} Up" in running.stdout
 
     deadline = time.monotonic() + 10
-    logs = docker(sidewhale, "logs", name)
+    logs = docker_cli(sidewhale, "logs", name)
     # stdout and stderr are separate pipes, so either may arrive first.
     while "hello" not in logs.stdout or "oops" not in logs.stderr:
         if time.monotonic() > deadline:
             break
         time.sleep(0.2)
-        logs = docker(sidewhale, "logs", name)
+        logs = docker_cli(sidewhale, "logs", name)
     assert logs.stdout == "hello\n"
     assert logs.stderr == "oops\n"
 
-    executed = docker(sidewhale, "exec", name, "sh", "-c", "echo from-exec; cat /etc/hostname")
+    executed = docker_cli(sidewhale, "exec", name, "sh", "-c", "echo from-exec; cat /etc/hostname")
     assert executed.stdout == f"from-exec\n{container_id[:12]}\n"
-    failed = docker(sidewhale, "exec", name, "sh", "-c", "exit 3", check=False)
+    failed = docker_cli(sidewhale, "exec", name, "sh", "-c", "exit 3", check=False)
     assert failed.returncode == 3
-    missing = docker(sidewhale, "exec", name, "no-such-command", check=False)
+    missing = docker_cli(sidewhale, "exec", name, "no-such-command", check=False)
     assert missing.returncode == 127
 
-    docker(sidewhale, "stop", "-t", "5", name)
-    stopped = docker(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.Status}}")
+    docker_cli(sidewhale, "stop", "-t", "5", name)
+    stopped = docker_cli(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.Status}}")
     assert stopped.stdout.startswith("Exited (0)")
-    assert "bye" in docker(sidewhale, "logs", name).stdout
+    assert "bye" in docker_cli(sidewhale, "logs", name).stdout
 
-    docker(sidewhale, "rm", "-f", name)
-    gone = docker(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}}")
+    docker_cli(sidewhale, "rm", "-f", name)
+    gone = docker_cli(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}}")
     assert gone.stdout == ""
 
 
 def test_cli_rm_force_kills_running(sidewhale, name):
-    docker(sidewhale, "pull", "busybox")
-    docker(sidewhale, "run", "-d", "--name", name, "busybox", "sleep", "1000")
-    docker(sidewhale, "rm", "-f", name)
-    inspected = docker(sidewhale, "inspect", name, check=False)
+    docker_cli(sidewhale, "pull", "busybox")
+    docker_cli(sidewhale, "run", "-d", "--name", name, "busybox", "sleep", "1000")
+    docker_cli(sidewhale, "rm", "-f", name)
+    inspected = docker_cli(sidewhale, "inspect", name, check=False)
     assert inspected.returncode != 0
     assert "No such object" in inspected.stderr or "No such container" in inspected.stderr
 
 
 def test_cli_missing_image_fails_cleanly(sidewhale):
-    result = docker(sidewhale, "pull", "no-such-image-anywhere:1", check=False)
+    result = docker_cli(sidewhale, "pull", "no-such-image-anywhere:1", check=False)
     assert result.returncode != 0
     assert "not found" in result.stderr or "does not exist" in result.stderr
 
 
 def test_cli_run_foreground_prints_and_exits(sidewhale):
-    docker(sidewhale, "pull", "busybox")
-    result = docker(sidewhale, "run", "--rm", "busybox", "echo", "hello")
+    docker_cli(sidewhale, "pull", "busybox")
+    result = docker_cli(sidewhale, "run", "--rm", "busybox", "echo", "hello")
     assert result.stdout == "hello\n"
-    failed = docker(sidewhale, "run", "--rm", "busybox", "sh", "-c", "exit 5", check=False)
+    failed = docker_cli(sidewhale, "run", "--rm", "busybox", "sh", "-c", "exit 5", check=False)
     assert failed.returncode == 5
 
 
 def test_cli_run_interactive_stdin(sidewhale):
-    docker(sidewhale, "pull", "busybox")
-    result = docker(sidewhale, "run", "-i", "--rm", "busybox", "cat", input="x\n")
+    docker_cli(sidewhale, "pull", "busybox")
+    result = docker_cli(sidewhale, "run", "-i", "--rm", "busybox", "cat", input="x\n")
     assert result.stdout == "x\n"
 
 
 def test_cli_stat_sees_the_container_files(sidewhale):
     """GNU coreutils' ls and stat call statx(2). In the container they must
     see the image's files, not the host's."""
-    docker(sidewhale, "pull", "redis:7")
+    docker_cli(sidewhale, "pull", "redis:7")
 
     # The image's entrypoint script and /data exist in the image only.
-    result = docker(
+    result = docker_cli(
         sidewhale, "run", "--rm", "--entrypoint", "", "redis:7",
         "stat", "-c", "%n %F", "/usr/local/bin/docker-entrypoint.sh", "/data",
     )
@@ -120,7 +104,7 @@ def test_cli_stat_sees_the_container_files(sidewhale):
     )
 
     # A directory of the host that the image lacks stays invisible.
-    host_only = docker(
+    host_only = docker_cli(
         sidewhale, "run", "--rm", "--entrypoint", "", "redis:7",
         "ls", "-ld", str(pathlib.Path(__file__).resolve().parent), check=False,
     )
@@ -131,24 +115,24 @@ def test_cli_stat_sees_the_container_files(sidewhale):
 def test_cli_run_rm_of_missing_command_exits_127(sidewhale, name):
     """A start that fails still removes an AutoRemove container, which
     `docker run --rm` waits for before it exits."""
-    docker(sidewhale, "pull", "busybox")
+    docker_cli(sidewhale, "pull", "busybox")
 
-    result = docker(
+    result = docker_cli(
         sidewhale, "run", "--rm", "--name", name, "busybox", "/no/such/program",
         check=False, timeout=60,
     )
 
     assert result.returncode == 127
     assert "/no/such/program" in result.stderr
-    gone = docker(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}}")
+    gone = docker_cli(sidewhale, "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}}")
     assert gone.stdout == ""
 
 
 def test_cli_non_root_user_has_only_its_groups(sidewhale):
     """A non-root image user gets its own groups, not sidewhale's (root's
     group 0 would open files of the root group)."""
-    docker(sidewhale, "pull", "busybox")
+    docker_cli(sidewhale, "pull", "busybox")
 
-    result = docker(sidewhale, "run", "--rm", "-u", "65534", "busybox", "id", "-G")
+    result = docker_cli(sidewhale, "run", "--rm", "-u", "65534", "busybox", "id", "-G")
 
     assert result.stdout == "65534\n"

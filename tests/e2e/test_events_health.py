@@ -3,13 +3,14 @@ testcontainers-python."""
 
 import json
 import queue
-import subprocess
 import threading
 import time
 import uuid
 
 import docker
 import pytest
+
+from conftest import docker_cli
 
 
 
@@ -61,12 +62,6 @@ class EventCollector:
 
     def close(self):
         self.stream.close()
-
-
-def docker_cli(sidewhale, *args, timeout=60):
-    return subprocess.run(
-        ["docker", *args], env=sidewhale.env(), capture_output=True, text=True, timeout=timeout
-    )
 
 
 def wait_for_health(container, wanted, timeout=60):
@@ -180,6 +175,8 @@ def test_cli_events_since_until(sidewhale, client, name):
         "--until", f"{finished:.9f}",
         "--filter", f"container={name}",
         "--format", "{{json .}}",
+        check=False,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     actions = [json.loads(line)["Action"] for line in result.stdout.splitlines()]
@@ -188,7 +185,7 @@ def test_cli_events_since_until(sidewhale, client, name):
 
 def test_events_until_in_past_ends_at_once(sidewhale):
     started = time.monotonic()
-    result = docker_cli(sidewhale, "events", "--since", "0", "--until", "1")
+    result = docker_cli(sidewhale, "events", "--since", "0", "--until", "1", check=False, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert time.monotonic() - started < 10

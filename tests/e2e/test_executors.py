@@ -8,7 +8,7 @@ import tempfile
 import docker
 import pytest
 
-from conftest import BINARY, EXECUTOR, TEST_USER, Sidewhale, request
+from conftest import BINARY, EXECUTOR, TEST_USER, docker_cli, request
 
 RULES = """\
 [executor]
@@ -20,23 +20,14 @@ executor = "chroot"
 """
 
 
-def docker_cli(server, *args):
-    return subprocess.run(
-        ["docker", *args], env=server.env(), capture_output=True, text=True, timeout=120
-    )
-
-
 @pytest.fixture
-def ruled_server():
+def ruled_server(private_server):
     """A sidewhale of the test's own whose configuration sends busybox to
     chroot."""
     root = pathlib.Path(tempfile.mkdtemp(prefix="sw-rules-"))
     config = root / "sidewhale.toml"
     config.write_text(RULES)
-    server = Sidewhale(root, TEST_USER, ["--config", str(config)])
-    server.start()
-    yield server
-    server.stop()
+    return private_server("--config", str(config), root=root)
 
 
 def test_info_lists_every_executor(docker_client):
@@ -47,9 +38,11 @@ def test_info_lists_every_executor(docker_client):
 
 
 def test_cli_runtime_bubblewrap_echo(sidewhale):
-    assert docker_cli(sidewhale, "pull", "busybox").returncode == 0
+    assert docker_cli(sidewhale, "pull", "busybox", check=False).returncode == 0
 
-    result = docker_cli(sidewhale, "run", "--rm", "--runtime", "bubblewrap", "busybox", "echo", "ok")
+    result = docker_cli(
+        sidewhale, "run", "--rm", "--runtime", "bubblewrap", "busybox", "echo", "ok", check=False
+    )
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok\n"

@@ -6,7 +6,7 @@ Where sidewhale gives containers on user-defined networks namespaces of
 their own, joined by a bridge, members reach each other at addresses in
 the network's subnet. Otherwise they share the host's network and the
 subnet is 127.N.0.0/16 (see README, Network isolation). The tests check
-what holds in both cases, and the bridge's own behaviour where it is used.
+what is true in both cases, and the bridge's own behaviour where it is used.
 """
 
 import ipaddress
@@ -14,7 +14,6 @@ import json
 import shutil
 import socket
 import threading
-import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -23,27 +22,14 @@ import uuid
 import docker
 import pytest
 from testcontainers.community.redis import RedisContainer
-from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 from testcontainers.postgres import PostgresContainer
 
-from conftest import Sidewhale, request
+from conftest import Sidewhale, docker_cli, request
 
 # A PostgreSQL SSLRequest message in octal escapes for printf: length 8,
 # code 80877103. The server replies with the single byte N (no SSL) or S.
 SSL_REQUEST = r"\000\000\000\010\004\322\026\057"
-
-
-def docker_cli(sidewhale, *args, check=True, timeout=120):
-    result = subprocess.run(
-        ["docker", *args], env=sidewhale.env(), capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"docker {' '.join(args)} exited with {result.returncode}\n"
-            f"stdout: {result.stdout}\nstderr: {result.stderr}"
-        )
-    return result
 
 
 def redis_ping(container, host):

@@ -1,37 +1,14 @@
 """Rootless mode: a sidewhale started by a user other than root runs as
 root of a user namespace that maps the user's subordinate ids.
 
-tests/setup.sh installs uidmap and gives sidewhale-test the range
-100000:65536 in /etc/subuid and /etc/subgid, so the mode is active
-whenever SIDEWHALE_TEST_USER is set.
+tests/setup.sh installs uidmap and makes sure sidewhale-test has ranges
+in /etc/subuid and /etc/subgid, so the mode is active whenever
+SIDEWHALE_TEST_USER is set.
 """
 
-import os
-import tempfile
-
 import docker
-import pytest
 
-from conftest import Sidewhale
-
-USER = os.environ.get("SIDEWHALE_TEST_USER") or None
-
-
-@pytest.fixture
-def server_with(request):
-    """Starts a sidewhale of the test's own with extra arguments and
-    returns a docker-py client for it."""
-    started = []
-
-    def start(*args):
-        server = Sidewhale(tempfile.mkdtemp(prefix="sw-userns-"), USER, args)
-        server.start()
-        started.append(server)
-        return docker.DockerClient(base_url=server.docker_host, version="auto", timeout=120)
-
-    yield start
-    for server in started:
-        server.stop()
+from conftest import TEST_USER as USER
 
 
 def test_info_reports_rootless_mode(docker_client):
@@ -43,11 +20,12 @@ def test_info_reports_rootless_mode(docker_client):
         assert "name=netns,mode=namespace" in options
 
 
-def test_user_namespace_key_applies_to_users_only(server_with):
+def test_user_namespace_key_applies_to_users_only(private_server):
     """An ordinary user with user_namespace = "off" keeps a single id, and
     root ignores the key, even with "required"."""
     mode = "off" if USER is not None else "required"
-    client = server_with("--user-namespace", mode)
+    server = private_server("--user-namespace", mode)
+    client = docker.DockerClient(base_url=server.docker_host, version="auto", timeout=120)
 
     options = client.info()["SecurityOptions"]
 

@@ -1,8 +1,6 @@
 """The built-in Ryuk: testcontainers-python with Ryuk enabled, the
 protocol spoken directly, and the Docker socket bind that Ryuk requests."""
 
-import json
-import os
 import socket
 import subprocess
 import sys

@@ -7,7 +7,6 @@ them (see README, Network isolation).
 """
 
 import socket
-import tempfile
 import time
 
 import docker
@@ -16,7 +15,7 @@ import redis as redis_module
 import sqlalchemy
 from testcontainers.postgres import PostgresContainer
 
-from conftest import EXECUTOR, TEST_USER, Sidewhale
+from conftest import EXECUTOR
 
 # Executors whose containers join the namespace sidewhale creates.
 # `example` is the example executor plugin, which runs proot.
@@ -115,11 +114,10 @@ def test_two_postgres_at_once(sidewhale, isolated):
         assert first.get_exposed_port(5432) != second.get_exposed_port(5432)
 
 
-def test_host_network_collision_is_rejected():
+def test_host_network_collision_is_rejected(private_server):
     """With the host's network shared, the second container that exposes
     a port already in use fails to start with an error naming the first."""
-    server = Sidewhale(tempfile.mkdtemp(prefix="sw-hostnet-"), TEST_USER, ["--network-isolation", "host"])
-    server.start()
+    server = private_server("--network-isolation", "host")
     client = docker.DockerClient(base_url=server.docker_host, version="auto", timeout=120)
     try:
         client.images.pull("busybox", tag="latest")
@@ -142,7 +140,6 @@ def test_host_network_collision_is_rejected():
         second.remove(force=True)
     finally:
         client.close()
-        server.stop()
 
 
 def test_non_root_user_binds_port_80(sidewhale, isolated, docker_client):

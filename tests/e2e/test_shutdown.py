@@ -4,14 +4,13 @@ details that clients see."""
 
 import pathlib
 import signal
-import subprocess
 import tempfile
 import time
 import uuid
 
 import docker
 
-from conftest import TEST_USER, Sidewhale
+from conftest import docker_cli
 
 
 def test_force_remove_of_running_auto_remove_container(sidewhale, docker_client):
@@ -22,28 +21,25 @@ def test_force_remove_of_running_auto_remove_container(sidewhale, docker_client)
 
     for _ in range(3):
         name = f"autorm-{uuid.uuid4().hex[:8]}"
-        created = subprocess.run(
-            ["docker", "run", "-d", "--rm", "--name", name, "busybox", "sleep", "100"],
-            env=sidewhale.env(), capture_output=True, text=True, timeout=60,
+        created = docker_cli(
+            sidewhale, "run", "-d", "--rm", "--name", name, "busybox", "sleep", "100",
+            check=False, timeout=60,
         )
         assert created.returncode == 0, created.stderr
 
-        removed = subprocess.run(
-            ["docker", "rm", "-f", name], env=sidewhale.env(), capture_output=True, text=True, timeout=60
-        )
+        removed = docker_cli(sidewhale, "rm", "-f", name, check=False, timeout=60)
 
         assert removed.returncode == 0, removed.stderr
         assert removed.stdout == f"{name}\n"
 
 
-def test_shutdown_stops_containers_with_their_signal():
+def test_shutdown_stops_containers_with_their_signal(private_server):
     """SIGTERM to sidewhale sends each running container its stop signal
     and waits, as Docker's daemon does, so a trap can save its data."""
     root = pathlib.Path(tempfile.mkdtemp(prefix="sw-shutdown-"))
     out = root / "out"
     out.mkdir()
-    server = Sidewhale(root, TEST_USER)
-    server.start()
+    server = private_server(root=root)
     client = docker.DockerClient(base_url=server.docker_host, version="auto", timeout=120)
     try:
         client.images.pull("busybox", tag="latest")
@@ -55,7 +51,6 @@ def test_shutdown_stops_containers_with_their_signal():
 
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(timeout=30)
-    server.stop()
 
     assert (out / "flag").read_text() == "saved\n"
 

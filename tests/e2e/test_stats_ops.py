@@ -3,7 +3,6 @@ docker-py, the docker CLI and plain HTTP."""
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -13,7 +12,7 @@ import uuid
 import docker
 import pytest
 
-from conftest import Sidewhale
+from conftest import Sidewhale, docker_cli
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -38,12 +37,6 @@ def request(server, method, path):
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
-
-
-def docker_cli(server, *args):
-    result = subprocess.run(["docker", *args], env=server.env(), capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"docker {args}: {result.stderr}"
-    return result.stdout
 
 
 def wait_for_log(container, text, timeout=30):
@@ -105,7 +98,7 @@ def test_stats_sample_pair_and_stream(client, name):
 def test_stats_cli_and_stopped_container(sidewhale, client, name):
     container = client.containers.run("busybox", ["sleep", "300"], name=name, detach=True)
     try:
-        output = docker_cli(sidewhale, "stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", name)
+        output = docker_cli(sidewhale, "stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", name).stdout
         assert output.split() == [name, "1"]
         container.stop(timeout=1)
         stats = container.stats(stream=False)
@@ -128,7 +121,7 @@ def test_top_lists_processes(sidewhale, client, name):
         pids = [row[1] for row in top["Processes"]]
         assert str(container.attrs["State"]["Pid"]) == pids[0]
         assert all(len(row) == 8 for row in top["Processes"])
-        output = docker_cli(sidewhale, "top", name)
+        output = docker_cli(sidewhale, "top", name).stdout
         assert "sleep 301" in output
         container.stop(timeout=1)
         status, body = request(sidewhale, "GET", f"/containers/{name}/top")
