@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test of sidewhale on a bare Debian 12 machine, as root:
+# Runs every test of sidewhale on a bare Debian 12 machine, as root. It
 # installs what the tests need, builds the test images and the workspace,
-# runs the Rust tests, the bollard and testcontainers-rs conformance tests
-# with sidewhale as root and as sidewhale-test, then the end-to-end suite
-# (with the Node clients) once per executor and user: proot and bubblewrap
-# as root and as the unprivileged user sidewhale-test (in rootless mode),
-# chroot as root, and the docker CLI, Testcontainers and same-port tests
-# with the example executor plugin.
+# and runs the Rust tests. Then it runs the bollard and testcontainers-rs
+# conformance tests with sidewhale as root and as sidewhale-test, and the
+# end-to-end suite (with the Node clients) once per executor and user:
+# proot and bubblewrap as root and as the unprivileged user sidewhale-test
+# (in rootless mode), chroot as root, and the docker CLI, Testcontainers
+# and same-port tests with the example executor plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

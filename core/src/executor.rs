@@ -35,7 +35,7 @@ pub struct ProcessSpec {
     /// `/dev/null`.
     pub open_stdin: bool,
     /// With `tty`, the terminal's `[rows, columns]` from the process's
-    /// start, so that a program reading its size at once sees the
+    /// start, so that a program reading its size at once gets the
     /// client's. `None` leaves the size to a later resize.
     #[serde(default)]
     pub console_size: Option<[u16; 2]>,

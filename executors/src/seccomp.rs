@@ -40,9 +40,9 @@ impl StatxFilter {
 
     /// Installs the filter in the calling process. Runs between fork and
     /// exec, so it makes only system calls. It first tries without
-    /// `no_new_privs`, which needs `CAP_SYS_ADMIN` and leaves set-user-ID
-    /// programs in the container working for root; otherwise it sets
-    /// `no_new_privs`, as any unprivileged process must.
+    /// `no_new_privs`, which needs `CAP_SYS_ADMIN` and keeps set-user-ID
+    /// programs in the container working for root. When that fails, it
+    /// sets `no_new_privs`, as any unprivileged process must.
     pub fn install(&self) -> io::Result<()> {
         // seccompiler's `sock_filter` is the kernel's `struct sock_filter`,
         // as libc's is, so the pointer may be cast.

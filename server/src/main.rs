@@ -68,11 +68,11 @@ struct Cli {
     /// `host` shares the host's network. [default: auto]
     #[arg(long, value_name = "MODE", value_parser = parse_isolation)]
     network_isolation: Option<NetworkIsolation>,
-    /// Rootless mode, for a sidewhale started by a user other than root:
+    /// Rootless mode, for a sidewhale started by a user other than root.
     /// `auto` runs it as root in a user namespace that maps the user's
-    /// ranges from /etc/subuid and /etc/subgid when the host allows it,
-    /// `required` fails start-up when it does not, `off` keeps the
-    /// single user id. [default: auto]
+    /// ranges from /etc/subuid and /etc/subgid, when the host allows it.
+    /// `required` fails start-up when it does not. `off` keeps the single
+    /// user id. [default: auto]
     #[arg(long, value_name = "MODE", value_parser = parse_user_namespace)]
     user_namespace: Option<UserNamespaceMode>,
 }

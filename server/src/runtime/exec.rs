@@ -172,7 +172,7 @@ impl Daemon {
         }
         let tty = tty.or(exec.config.tty).unwrap_or(false);
         // Docker sets TERM for an exec with a terminal, as for a container.
-        if tty && !env.iter().any(|entry| entry.split('=').next() == Some("TERM")) {
+        if tty && !super::model::env_has(&env, "TERM") {
             env.push("TERM=xterm".to_string());
         }
         let non_empty = |value: &Option<String>| value.clone().filter(|text| !text.is_empty());

@@ -170,8 +170,8 @@ impl Isolation {
             .is_some_and(|strategy| strategy.user_namespace)
     }
 
-    /// Whether containers on user-defined networks get namespaces joined
-    /// by bridges. Namespaces that each own a user namespace cannot be
+    /// Returns whether containers on user-defined networks get namespaces
+    /// joined by bridges. Namespaces that each own a user namespace cannot be
     /// joined by one bridge, so their containers share the host's network
     /// instead.
     pub fn bridges_user_networks(&self) -> bool {

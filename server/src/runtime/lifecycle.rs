@@ -14,8 +14,8 @@ use super::{files, parse_signal, ryuk, Container, Daemon, Error, Result};
 
 /// Docker's default grace period before `stop` kills.
 const DEFAULT_STOP_TIMEOUT: i64 = 10;
-/// The longest a container may take to stop when sidewhale shuts down,
-/// as Docker's daemon default `shutdown-timeout` of 15 s.
+/// The maximum time in seconds a container may take to stop when
+/// sidewhale shuts down: Docker's daemon default `shutdown-timeout`.
 const SHUTDOWN_TIMEOUT: i64 = 15;
 
 /// How long a process may keep its output pipes open after it exited,
@@ -371,8 +371,8 @@ impl Daemon {
             )));
         }
         // Claimed before the kill, as Docker marks the removal in progress
-        // first: the exit of an AutoRemove container then leaves the
-        // removal to this call, which answers the client with success.
+        // first. The exit of an AutoRemove container then leaves the
+        // removal to this call, which returns success to the client.
         if container.removal_claimed.swap(true, Ordering::SeqCst) {
             return Err(in_progress());
         }
@@ -508,7 +508,7 @@ impl Daemon {
 
 /// Reads a `ConsoleSize` of the API, `[rows, columns]` as the docker CLI
 /// sends it. Returns `None` when it is missing or has a zero.
-pub fn console_size(value: &serde_json::Value) -> Option<[u16; 2]> {
+fn console_size(value: &serde_json::Value) -> Option<[u16; 2]> {
     let dimension = |index: usize| {
         value[index]
             .as_u64()

@@ -278,6 +278,11 @@ pub struct ContainerRecord {
     pub networks: BTreeMap<String, super::networks::EndpointRecord>,
 }
 
+/// Returns whether the `KEY=VALUE` list `env` sets `key`.
+pub fn env_has(env: &[String], key: &str) -> bool {
+    env.iter().any(|entry| entry.split('=').next() == Some(key))
+}
+
 impl ContainerRecord {
     pub fn short_id(&self) -> &str {
         &self.id[..12]
@@ -294,13 +299,10 @@ impl ContainerRecord {
     /// `HOSTNAME`, and `TERM` with a TTY, as Docker sets them.
     pub fn process_env(&self) -> Vec<String> {
         let mut env = self.config.env.clone().unwrap_or_default();
-        let has = |env: &[String], key: &str| {
-            env.iter().any(|entry| entry.split('=').next() == Some(key))
-        };
-        if !has(&env, "HOSTNAME") {
+        if !env_has(&env, "HOSTNAME") {
             env.push(format!("HOSTNAME={}", self.hostname()));
         }
-        if self.config.tty.unwrap_or(false) && !has(&env, "TERM") {
+        if self.config.tty.unwrap_or(false) && !env_has(&env, "TERM") {
             env.push("TERM=xterm".to_string());
         }
         env

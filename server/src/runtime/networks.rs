@@ -920,10 +920,10 @@ fn check_aliases(network: &NetworkRecord, request: &EndpointRequest) -> Result<(
 }
 
 /// Returns the address at which the container of `record`, placed at
-/// `placement`, reaches `peer` on the network `network_id`: the peer's
-/// address there when both are on the network's bridge, otherwise the
-/// address of the host's loopback from the container, where a peer in the
-/// host's network listens.
+/// `placement`, reaches `peer` on the network `network_id`. That is the
+/// peer's address there when both are on the network's bridge. Otherwise
+/// it is the host's loopback as the container reaches it, where a peer on
+/// the host's network listens.
 fn peer_address(
     placement: Placement,
     peer: &ContainerRecord,
