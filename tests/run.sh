@@ -5,8 +5,10 @@
 # conformance tests with sidewhale as root and as sidewhale-test, and the
 # end-to-end suite (with the Node clients) once per executor and user:
 # proot and bubblewrap as root and as the unprivileged user sidewhale-test
-# (in rootless mode), chroot as root, and the docker CLI, Testcontainers
-# and same-port tests with the example executor plugin.
+# (in rootless mode), proot as sidewhale-test outside rootless mode (with
+# relocated ports on the host's network), chroot as root, and the docker
+# CLI, Testcontainers and same-port tests with the example executor
+# plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +40,12 @@ netns_test=$(cargo test -p sidewhale-netns --test namespaces --no-run 2>&1 \
 install -m 755 "$netns_test" "$bin_dir/netns-test"
 (cd /tmp && runuser -u sidewhale-test -- "$bin_dir/netns-test")
 
+echo "== port relocation tests as sidewhale-test"
+relocation_test=$(cargo test -p sidewhale-executors --test relocation --no-run 2>&1 \
+    | grep -o 'target/debug/deps/relocation-[0-9a-f]*' | head -n 1)
+install -m 755 "$relocation_test" "$bin_dir/relocation-test"
+(cd /tmp && runuser -u sidewhale-test -- "$bin_dir/relocation-test")
+
 # The bollard and testcontainers-rs tests. Each test binary starts its own
 # sidewhale.
 echo "== conformance tests (bollard, testcontainers-rs), sidewhale as root"
@@ -51,7 +59,8 @@ SIDEWHALE_TEST_USER=sidewhale-test cargo test -p sidewhale-conformance
 e2e() {
     local executor=$1 user=$2
     shift 2
-    echo "== end-to-end tests, executor $executor, sidewhale as ${user:-root}"
+    echo "== end-to-end tests, executor $executor, sidewhale as ${user:-root}" \
+        "${SIDEWHALE_TEST_SERVER_ARGS:+with $SIDEWHALE_TEST_SERVER_ARGS}"
     SIDEWHALE_TEST_EXECUTOR=$executor SIDEWHALE_TEST_USER=$user \
         .venv/bin/pytest -v -p no:cacheprovider "$@"
 }
@@ -62,6 +71,12 @@ e2e bubblewrap "" tests/e2e --ignore=tests/e2e/attack
 # sidewhale-test has a subordinate id range, so sidewhale runs in rootless
 # mode and bubblewrap maps every id as it does for root.
 e2e bubblewrap sidewhale-test tests/e2e --ignore=tests/e2e/attack
+# Outside rootless mode an unprivileged sidewhale creates no network
+# namespaces, as where user namespaces are forbidden: containers share the
+# host's network and proot relocates their ports. The rootless mode tests
+# do not apply there.
+SIDEWHALE_TEST_SERVER_ARGS="--user-namespace off" \
+    e2e proot sidewhale-test tests/e2e --ignore=tests/e2e/attack --ignore=tests/e2e/test_rootless.py
 
 # The example executor plugin, loaded at start-up and chosen as the default
 # executor: the docker CLI, Testcontainers and same-port tests only.

@@ -72,6 +72,12 @@ pub struct ContainerSpec {
     /// whose `supports_network_namespace` returns true.
     #[serde(default)]
     pub network: Option<NetworkNamespace>,
+    /// Set when the container shares the host's network although it did
+    /// not ask for it (no `--network host`), and the executor's
+    /// `supports_port_relocation` returns true: the executor then moves
+    /// the container's listeners to free host ports and records them here.
+    #[serde(skip)]
+    pub port_relocation: Option<crate::PortRelocation>,
 }
 
 /// A network namespace made by the server for one container, named by a
@@ -216,6 +222,13 @@ pub trait Executor: Send + Sync {
     /// `ContainerSpec::network`. An executor that returns false always
     /// gets `None` there, and its containers share the host's network.
     fn supports_network_namespace(&self) -> bool {
+        false
+    }
+
+    /// Returns whether `start` and `exec` honour
+    /// `ContainerSpec::port_relocation` on this host. An executor that returns false always gets `None`
+    /// there.
+    fn supports_port_relocation(&self) -> bool {
         false
     }
 

@@ -17,5 +17,6 @@ pub use image::{
     ImageConfig, ImageError, ImageRecord, ImageSource, PullProgress, Reference,
 };
 pub use ports::{
-    ForwardError, PortBinding, PortForwarder, PortTarget, Protocol, PublishedPort,
+    ForwardError, PeerLookup, PortBinding, PortForwarder, PortRelocation, PortTarget, Protocol,
+    PublishedPort, RelocatedPorts,
 };

@@ -1,12 +1,15 @@
 //! The `PortForwarder` trait: how published ports reach a container.
 
-use std::net::IpAddr;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -81,6 +84,78 @@ pub enum PortTarget {
     /// connected to the port inside, anything else when it did not. The
     /// stream then carries the connection's bytes.
     UnixSocket(PathBuf),
+    /// The container shares the host's network, but its executor moved
+    /// each port it listens on to another host port: connect to loopback
+    /// on the host port that `RelocatedPorts` records for the container
+    /// port.
+    Relocated(Arc<RelocatedPorts>),
+}
+
+/// The host ports that replace a container's own ports when the
+/// container shares the host's network. Where the host allows no network
+/// namespaces, an executor can still keep two containers that listen on
+/// the same port apart: it binds each listener to a free host port
+/// instead, records the pair here, and sends the container's own
+/// connections to the port it asked for to the host port.
+#[derive(Debug, Default)]
+pub struct RelocatedPorts {
+    ports: Mutex<BTreeMap<(Protocol, u16), u16>>,
+}
+
+impl RelocatedPorts {
+    /// Returns the host port that replaces `container_port`, once the
+    /// container has bound it.
+    pub fn host_port(&self, protocol: Protocol, container_port: u16) -> Option<u16> {
+        self.lock().get(&(protocol, container_port)).copied()
+    }
+
+    /// Records that `host_port` replaces `container_port`.
+    pub fn insert(&self, protocol: Protocol, container_port: u16, host_port: u16) {
+        self.lock().insert((protocol, container_port), host_port);
+    }
+
+    /// Returns every `(protocol, container port, host port)` recorded.
+    pub fn entries(&self) -> Vec<(Protocol, u16, u16)> {
+        self.lock()
+            .iter()
+            .map(|(&(protocol, container_port), &host_port)| (protocol, container_port, host_port))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Protocol, u16), u16>> {
+        self.ports.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl PartialEq for RelocatedPorts {
+    /// Two tables are equal when they are the same table.
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for RelocatedPorts {}
+
+/// Finds the ports of another container that shares the host's network
+/// by the loopback address its names resolve to.
+pub type PeerLookup = dyn Fn(Ipv4Addr) -> Option<Arc<RelocatedPorts>> + Send + Sync;
+
+/// The tables an executor needs to relocate a container's ports: the
+/// container's own, and a lookup of its peers'.
+#[derive(Clone)]
+pub struct PortRelocation {
+    pub ports: Arc<RelocatedPorts>,
+    /// Returns the table of the peer at a loopback address other than
+    /// 127.0.0.1, or `None` when no relocated container has that address.
+    pub peers: Arc<PeerLookup>,
+}
+
+impl fmt::Debug for PortRelocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PortRelocation")
+            .field("ports", &self.ports)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serves a container's published ports on the host.
@@ -110,7 +185,9 @@ pub trait PortForwarder: Send + Sync {
     ) -> Result<Vec<PublishedPort>, ForwardError> {
         match target {
             PortTarget::Ip(address) => self.publish(container_id, *address, bindings).await,
-            PortTarget::UnixSocket(_) => Err(ForwardError::UnsupportedTarget),
+            PortTarget::UnixSocket(_) | PortTarget::Relocated(_) => {
+                Err(ForwardError::UnsupportedTarget)
+            }
         }
     }
 

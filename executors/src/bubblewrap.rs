@@ -697,6 +697,7 @@ mod tests {
                 },
             ],
             network: None,
+            port_relocation: None,
         }
     }
 

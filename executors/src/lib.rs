@@ -18,6 +18,7 @@ mod procfs;
 mod registry;
 mod proot;
 mod pty;
+mod relocation;
 mod rootfs;
 mod seccomp;
 mod spawn;

@@ -78,7 +78,7 @@ impl ProotExecutor {
     ) -> Result<Process, ExecutorError> {
         let launch = self.prepare_launch(container, process)?;
 
-        let mut spawned = spawn(&launch, container.network.as_ref())?;
+        let mut spawned = spawn(&launch, container.network.as_ref(), &container.id)?;
         let proot_pid = child_pid(&spawned.child)?;
         tracing::info!(
             container = %container.id,
@@ -144,6 +144,7 @@ impl ProotExecutor {
             tty: process.tty,
             console_size: process.console_size,
             open_stdin: process.open_stdin,
+            relocation: container.port_relocation.clone(),
         })
     }
 
@@ -238,6 +239,10 @@ impl Executor for ProotExecutor {
 
     fn supports_network_namespace(&self) -> bool {
         true
+    }
+
+    fn supports_port_relocation(&self) -> bool {
+        crate::relocation::available()
     }
 
     async fn start(&self, container: &ContainerSpec) -> Result<Process, ExecutorError> {

@@ -8,10 +8,11 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 
 use sidewhale_core::executor::{BoxedReader, BoxedWriter};
-use sidewhale_core::{ExecutorError, NetworkNamespace};
+use sidewhale_core::{ExecutorError, NetworkNamespace, PortRelocation};
 use tokio::process::{Child, Command};
 
 use crate::pty::{Pty, PtyStream};
+use crate::relocation::{self, ListenerChannel};
 use crate::seccomp::StatxFilter;
 use crate::user::ResolvedUser;
 
@@ -34,6 +35,8 @@ pub(crate) struct LaunchSpec {
     /// The terminal's `[rows, columns]` at start, with `tty`.
     pub console_size: Option<[u16; 2]>,
     pub open_stdin: bool,
+    /// Set when the container's ports are relocated on the host's network.
+    pub relocation: Option<PortRelocation>,
 }
 
 /// A spawned proot process and the executor's ends of its streams.
@@ -81,10 +84,12 @@ pub(crate) fn proot_args(spec: &LaunchSpec) -> Vec<OsString> {
 /// Spawns proot for `spec` in a new session, inside `network` when one is
 /// given. With `tty` the process gets a pseudo-terminal as its
 /// controlling terminal; otherwise stdout and stderr are separate pipes
-/// and stdin is a pipe or `/dev/null`.
+/// and stdin is a pipe or `/dev/null`. With `spec.relocation`, a thread
+/// relocates the ports that the processes of `container` (an id) bind.
 pub(crate) fn spawn(
     spec: &LaunchSpec,
     network: Option<&NetworkNamespace>,
+    container: &str,
 ) -> Result<Spawned, ExecutorError> {
     let mut command = Command::new(&spec.proot);
     command
@@ -117,10 +122,43 @@ pub(crate) fn spawn(
     unsafe {
         command.pre_exec(move || filter.install());
     }
+    let channel = match &spec.relocation {
+        Some(_) => Some(relocation_channel(&mut command)?),
+        None => None,
+    };
 
-    spawn_command(command, spec.tty, spec.console_size, spec.open_stdin, &|error| {
+    let spawned = spawn_command(command, spec.tty, spec.console_size, spec.open_stdin, &|error| {
         spawn_error(spec, error)
-    })
+    })?;
+    if let (Some(channel), Some(ports)) = (channel, &spec.relocation) {
+        match channel.receive() {
+            Ok(listener) => relocation::supervise(
+                listener,
+                ports.clone(),
+                container.to_string(),
+                spec.proot.clone(),
+            ),
+            // The child installs the filter before it calls execve, so
+            // this happens only if the kernel lost the message.
+            Err(error) => tracing::warn!(container, %error, "no port relocation for this process"),
+        }
+    }
+    Ok(spawned)
+}
+
+/// Makes `command` install the port relocation filter and send its
+/// listener back.
+fn relocation_channel(command: &mut Command) -> Result<ListenerChannel, ExecutorError> {
+    let channel = ListenerChannel::new()
+        .map_err(|e| ExecutorError::io("create the port relocation channel", e))?;
+    let (sender, filter) = channel.child_end();
+    // SAFETY: `install` only makes system calls on memory prepared before
+    // the fork. The statx filter, installed first, has set no_new_privs
+    // where the process needed it.
+    unsafe {
+        command.pre_exec(move || relocation::install(sender, &filter));
+    }
+    Ok(channel)
 }
 
 /// Returns the filter that hides `statx` from processes under proot,
@@ -318,6 +356,7 @@ mod tests {
             tty: false,
             console_size: None,
             open_stdin: false,
+            relocation: None,
         }
     }
 

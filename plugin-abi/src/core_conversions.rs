@@ -84,6 +84,7 @@ impl From<ContainerRequest> for ContainerSpec {
                 holder_pid: network.holder_pid,
                 user_namespace: network.user_namespace,
             }),
+            port_relocation: None,
         }
     }
 }
@@ -189,6 +190,7 @@ mod tests {
                 holder_pid: 42,
                 user_namespace: true,
             }),
+            port_relocation: None,
         };
 
         let json = serde_json::to_string(&ContainerRequest::from(&spec)).unwrap();

@@ -36,7 +36,9 @@ def images(sidewhale):
 
 
 def container_ids(client):
-    return {container.id for container in client.containers.list(all=True)}
+    # One list request: `containers.list` also inspects each container,
+    # which fails with 404 when Ryuk removes one in between.
+    return {container["Id"] for container in client.api.containers(all=True)}
 
 
 def wait_until(predicate, timeout):

@@ -1,9 +1,11 @@
-"""Containers that listen on the same port side by side, each in its own
-network namespace (network.isolation auto or namespace).
+"""Containers that listen on the same port side by side: each in its own
+network namespace (network.isolation auto or namespace), or on the host's
+network with relocated ports where sidewhale can create no namespace and
+the executor (proot) relocates them.
 
-Skipped where sidewhale runs containers on the host's network: with an
-executor that does not join namespaces, or on a host that cannot create
-them (see README, Network isolation).
+Skipped where containers share the host's network without relocation:
+with an executor that does not join namespaces, or on a host that cannot
+create them (see README, Network isolation).
 """
 
 import socket
@@ -38,8 +40,10 @@ def isolated(sidewhale):
     client.close()
     if EXECUTOR not in NAMESPACE_EXECUTORS:
         pytest.skip(f"executor {EXECUTOR} shares the host's network")
-    if "name=netns,mode=namespace" not in options:
-        pytest.skip(f"sidewhale shares the host's network here (SecurityOptions {options})")
+    for mode in ("namespace", "relocated"):
+        if f"name=netns,mode={mode}" in options:
+            return mode
+    pytest.skip(f"sidewhale shares the host's network here (SecurityOptions {options})")
 
 
 def published_port(container, port):
@@ -114,13 +118,18 @@ def test_two_postgres_at_once(sidewhale, isolated):
         assert first.get_exposed_port(5432) != second.get_exposed_port(5432)
 
 
-def test_host_network_collision_is_rejected(private_server):
-    """With the host's network shared, the second container that exposes
-    a port already in use fails to start with an error naming the first."""
+def test_host_network_collision_is_rejected_or_relocated(private_server):
+    """With the host's network shared, the proot executor relocates the
+    ports of two containers that listen on the same one. Under other
+    executors, the second container that exposes a port already in use
+    fails to start with an error naming the first."""
     server = private_server("--network-isolation", "host")
     client = docker.DockerClient(base_url=server.docker_host, version="auto", timeout=120)
     try:
         client.images.pull("busybox", tag="latest")
+        if "name=netns,mode=relocated" in client.info()["SecurityOptions"]:
+            check_relocated_ports(client)
+            return
         first = client.containers.run(
             "busybox", ["sleep", "300"], name="first-on-6390", ports={"6390/tcp": None}, detach=True
         )
@@ -142,9 +151,44 @@ def test_host_network_collision_is_rejected(private_server):
         client.close()
 
 
+def check_relocated_ports(client):
+    """Two busybox servers on port 6390 answer on their published ports,
+    and each finds its own from inside."""
+    containers = []
+    try:
+        for name in ("first", "second"):
+            command = ["nc", "-ll", "-p", "6390", "-e", "echo", name]
+            containers.append(client.containers.run("busybox", command, ports={"6390/tcp": None}, detach=True))
+        for name, container in zip(("first", "second"), containers):
+            assert read_published(published_port(container, 6390)) == f"{name}\n".encode()
+            inside = container.exec_run(["nc", "127.0.0.1", "6390"])
+            assert inside.output == f"{name}\n".encode()
+            assert 6390 in listening_ports(container)
+    finally:
+        for container in containers:
+            container.remove(force=True)
+
+
+def read_published(port):
+    """Reads everything a server sends on a published port, trying again
+    until it listens."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
+                received = connection.makefile("rb").read()
+            if received or time.monotonic() > deadline:
+                return received
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.3)
+
+
 def test_non_root_user_binds_port_80(sidewhale, isolated, docker_client):
     """An image user other than root listens on port 80, as Docker allows
-    with net.ipv4.ip_unprivileged_port_start=0 in each container."""
+    with net.ipv4.ip_unprivileged_port_start=0 in each container. With
+    relocated ports the host's setting stays, and port 80 is relocated."""
     container = docker_client.containers.run(
         "busybox:latest",
         ["sh", "-c", "while true; do echo low | nc -l -p 80; done"],
@@ -153,8 +197,9 @@ def test_non_root_user_binds_port_80(sidewhale, isolated, docker_client):
         ports={"80/tcp": None},
     )
     try:
-        sysctl = container.exec_run(["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"])
-        assert sysctl.output.decode().strip() == "0"
+        if isolated == "namespace":
+            sysctl = container.exec_run(["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"])
+            assert sysctl.output.decode().strip() == "0"
         identity = container.exec_run(["id", "-u"], user="65534")
         assert identity.output.decode().strip() == "65534"
 

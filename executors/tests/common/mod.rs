@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const BUSYBOX: &str = "/bin/busybox";
 
 const APPLETS: &[&str] = &[
-    "cat", "chown", "echo", "env", "hostname", "id", "kill", "ls", "mkdir", "pwd", "readlink",
+    "cat", "chown", "echo", "env", "hostname", "id", "kill", "ls", "mkdir", "nc", "pwd", "readlink",
     "setsid", "sh", "sleep", "stat", "stty", "su", "test", "touch", "tty", "true",
 ];
 
@@ -76,6 +76,7 @@ pub fn container(argv: &[&str]) -> TestContainer {
         process: process(argv),
         mounts,
         network: None,
+        port_relocation: None,
     };
     TestContainer { dir, spec }
 }

@@ -149,8 +149,17 @@ pub async fn info(State(daemon): State<AppState>) -> impl IntoResponse {
 
 /// Returns `/info`'s `SecurityOptions`: the network isolation mode and,
 /// in rootless mode, `name=rootless` as Docker's rootless daemon reports.
+/// The mode is `relocated` where containers share the host's network and
+/// the default executor relocates their ports.
 fn security_options(daemon: &AppState) -> Vec<String> {
-    let mut options = vec![format!("name=netns,mode={}", daemon.isolation.mode())];
+    let relocates = daemon
+        .executor(&daemon.config.executor.default)
+        .is_ok_and(|executor| executor.supports_port_relocation());
+    let mode = match daemon.isolation.mode() {
+        "host" if relocates => "relocated",
+        mode => mode,
+    };
+    let mut options = vec![format!("name=netns,mode={mode}")];
     if crate::rootless::active().is_some() {
         options.push("name=rootless".to_string());
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sidewhale_config::NetworkIsolation;
-use sidewhale_core::{NetworkNamespace, PortTarget};
+use sidewhale_core::{NetworkNamespace, PeerLookup, PortTarget, RelocatedPorts};
 use sidewhale_netns::bridge::{Bridge, InterfaceAddress};
 use sidewhale_netns::outbound::{self, Outbound};
 use sidewhale_netns::{Holder, Strategy};
@@ -26,6 +26,10 @@ const BUILT_IN_NETWORKS: [&str; 3] = ["bridge", "host", "none"];
 pub enum Placement {
     /// In the host's network namespace.
     Host,
+    /// In the host's network namespace, where the executor moves each port
+    /// the container listens on to a free host port: the container did not
+    /// ask for the host's network, but cannot have a namespace.
+    Relocated,
     /// In a namespace of its own. `outbound` when slirp4netns connects it
     /// to the host, `bridged` when it joins the bridges of its
     /// user-defined networks.
@@ -69,6 +73,16 @@ struct BridgePort {
     interface: String,
 }
 
+/// The relocated ports of a running container, and the loopback
+/// addresses of its endpoints on user-defined networks, where its peers
+/// reach it.
+struct Relocation {
+    ports: Arc<RelocatedPorts>,
+    addresses: Vec<Ipv4Addr>,
+}
+
+type Relocations = Arc<Mutex<HashMap<String, Relocation>>>;
+
 /// The isolation mode in force, after probing the host.
 pub struct Isolation {
     /// `None` when every container shares the host's network.
@@ -78,6 +92,7 @@ pub struct Isolation {
     /// The directory for the relay sockets of bridge holders.
     bridge_dir: PathBuf,
     holders: Mutex<HashMap<String, Sandbox>>,
+    relocations: Relocations,
     bridges: Mutex<HashMap<String, Arc<Bridge>>>,
     /// Serialises bridge creation, so that two members that start at the
     /// same time do not both create their network's bridge.
@@ -99,7 +114,8 @@ impl Isolation {
                     "network.isolation = \"auto\" shares the host's network when \
                      sidewhale is not root: a user namespace maps only sidewhale's own \
                      user, so entrypoints that chown files to other users fail \
-                     (EINVAL); set network.isolation = \"namespace\" to isolate anyway"
+                     (EINVAL); set network.isolation = \"namespace\" to isolate anyway. \
+                     The proot executor relocates container ports on the host's network"
                 );
                 None
             }
@@ -113,8 +129,9 @@ impl Isolation {
                     Err(reason) => {
                         tracing::warn!(
                             %reason,
-                            "containers share the host's network: two containers \
-                             cannot listen on the same port"
+                            "containers share the host's network: the proot executor \
+                             relocates their ports, but under other executors two \
+                             containers cannot listen on the same port"
                         );
                         None
                     }
@@ -140,6 +157,7 @@ impl Isolation {
             slirp,
             bridge_dir,
             holders: Mutex::new(HashMap::new()),
+            relocations: Arc::new(Mutex::new(HashMap::new())),
             bridges: Mutex::new(HashMap::new()),
             bridge_creation: tokio::sync::Mutex::new(()),
             outbound_failure_logged: AtomicBool::new(false),
@@ -180,15 +198,14 @@ impl Isolation {
     }
 
     /// Returns where a container with endpoints on `networks` (names) runs
-    /// under an executor that can, or cannot, join namespaces.
+    /// under an executor that can, or cannot, join namespaces and relocate
+    /// ports.
     pub fn placement<'a>(
         &self,
         networks: impl Iterator<Item = &'a str>,
         supports_namespace: bool,
+        supports_relocation: bool,
     ) -> Placement {
-        if self.strategy.is_none() || !supports_namespace {
-            return Placement::Host;
-        }
         let mut user_defined = false;
         let mut host = false;
         let mut only_none = true;
@@ -198,8 +215,17 @@ impl Isolation {
             only_none &= name == "none";
         }
         // `--network host` requests the host's network.
-        if host || (user_defined && !self.bridges_user_networks()) {
+        if host {
             return Placement::Host;
+        }
+        let isolated = self.strategy.is_some()
+            && supports_namespace
+            && (!user_defined || self.bridges_user_networks());
+        if !isolated {
+            return match supports_relocation {
+                true => Placement::Relocated,
+                false => Placement::Host,
+            };
         }
         Placement::Namespace {
             // `--network none` means no network beyond `lo`.
@@ -232,6 +258,17 @@ impl Isolation {
     ) -> std::io::Result<PortTarget> {
         let shared = PortTarget::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let short_id = short(container_id);
+        if placement == Placement::Relocated {
+            let ports = Arc::new(RelocatedPorts::default());
+            let addresses = links.iter().map(|link| link.address.address).collect();
+            let relocation = Relocation {
+                ports: ports.clone(),
+                addresses,
+            };
+            lock(&self.relocations).insert(container_id.to_string(), relocation);
+            tracing::debug!(container = %short_id, "container shares the host's network with relocated ports");
+            return Ok(PortTarget::Relocated(ports));
+        }
         let (Some(strategy), Placement::Namespace { outbound, bridged }) = (self.strategy, placement)
         else {
             tracing::debug!(container = %short_id, "container shares the host's network");
@@ -419,6 +456,35 @@ impl Isolation {
     }
 
     /// Returns the namespace of a running container, if it has one.
+    /// Returns the relocated ports of a running container on the host's
+    /// network.
+    pub fn relocated_ports(&self, container_id: &str) -> Option<Arc<RelocatedPorts>> {
+        lock(&self.relocations)
+            .get(container_id)
+            .map(|relocation| relocation.ports.clone())
+    }
+
+    /// Replaces the endpoint addresses of a container with relocated
+    /// ports, after it joined or left a network. Does nothing for other
+    /// containers.
+    pub fn update_relocated_addresses(&self, container_id: &str, addresses: Vec<Ipv4Addr>) {
+        if let Some(relocation) = lock(&self.relocations).get_mut(container_id) {
+            relocation.addresses = addresses;
+        }
+    }
+
+    /// Returns how an executor finds the relocated ports of a peer by the
+    /// loopback address of one of its endpoints.
+    pub fn peer_lookup(&self) -> Arc<PeerLookup> {
+        let relocations = self.relocations.clone();
+        Arc::new(move |address| {
+            lock(&relocations)
+                .values()
+                .find(|relocation| relocation.addresses.contains(&address))
+                .map(|relocation| relocation.ports.clone())
+        })
+    }
+
     pub fn namespace(&self, container_id: &str) -> Option<NetworkNamespace> {
         self.holders()
             .get(container_id)
@@ -428,6 +494,7 @@ impl Isolation {
     /// Stops the container's holder, its slirp4netns and its bridge ports.
     /// Idempotent.
     pub async fn detach(&self, container_id: &str) {
+        lock(&self.relocations).remove(container_id);
         let sandbox = self.holders().remove(container_id);
         let Some(sandbox) = sandbox else {
             return;
@@ -458,4 +525,10 @@ async fn stop_sandbox(sandbox: Sandbox) {
 
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
+}
+
+fn lock(relocations: &Relocations) -> MutexGuard<'_, HashMap<String, Relocation>> {
+    relocations
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sidewhale_core::{ContainerSpec, ExecutorError, ExitStatus, Process, ProcessSpec};
+use sidewhale_core::{ContainerSpec, ExecutorError, ExitStatus, PortRelocation, Process, ProcessSpec};
 use tokio::sync::watch;
 
 use super::isolation::Placement;
@@ -63,7 +63,18 @@ impl Daemon {
             },
             mounts: files::mounts(&container.dir, &record),
             network: self.isolation.namespace(&record.id),
+            port_relocation: self.port_relocation(&record.id),
         }
+    }
+
+    /// Returns what the executor needs to relocate the ports of a running
+    /// container on the host's network, or `None` for any other container.
+    fn port_relocation(&self, container_id: &str) -> Option<PortRelocation> {
+        let ports = self.isolation.relocated_ports(container_id)?;
+        Some(PortRelocation {
+            ports,
+            peers: self.isolation.peer_lookup(),
+        })
     }
 
     /// Starts the container's main process, with its ports listening
@@ -104,8 +115,12 @@ impl Daemon {
             }
         };
         spec.network = self.isolation.namespace(&record.id);
-        if spec.network.is_none() {
-            self.check_shared_ports(&record)?;
+        spec.port_relocation = self.port_relocation(&record.id);
+        if placement == Placement::Host {
+            if let Err(error) = self.check_shared_ports(&record) {
+                self.isolation.detach(&record.id).await;
+                return Err(error);
+            }
         }
         // Where the container runs is known only now: slirp4netns may have
         // failed to start. Peers' addresses depend on where each runs.

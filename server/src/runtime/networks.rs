@@ -8,8 +8,11 @@
 //! defaults (172.18.0.0/16 to 172.31.0.0/16, then 192.168.N.0/20) or the
 //! one the request names, and each member reaches its peers at their
 //! addresses over the network's bridge. Otherwise containers share the
-//! host's network: the subnet is `127.N.0.0/16`, shown by inspect only,
-//! and every name of a peer resolves to 127.0.0.1, where its ports listen.
+//! host's network and the subnet is `127.N.0.0/16`. Where the executor
+//! relocates their ports, each member has its address there, and the
+//! executor routes connections to it to the member's relocated ports.
+//! Otherwise the address is shown by inspect only, and every name of a
+//! peer resolves to 127.0.0.1, where its ports listen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -397,12 +400,18 @@ impl Daemon {
     /// networks and executor. Containers of unknown executors, such as
     /// Ryuk's, which sidewhale serves itself, run in the host's network.
     pub fn placement(&self, record: &ContainerRecord) -> Placement {
-        let supports_namespace = self
-            .executor(&record.runtime)
-            .is_ok_and(|executor| executor.supports_network_namespace());
-        let placement = self
-            .isolation
-            .placement(record.networks.keys().map(String::as_str), supports_namespace);
+        let (supports_namespace, supports_relocation) = match self.executor(&record.runtime) {
+            Ok(executor) => (
+                executor.supports_network_namespace(),
+                executor.supports_port_relocation(),
+            ),
+            Err(_) => (false, false),
+        };
+        let placement = self.isolation.placement(
+            record.networks.keys().map(String::as_str),
+            supports_namespace,
+            supports_relocation,
+        );
         // A running container has outbound access only if its slirp4netns
         // started.
         match (placement, self.isolation.outbound_running(&record.id)) {
@@ -869,7 +878,9 @@ impl Daemon {
     }
 
     /// Writes every container's hosts file from the endpoints and links
-    /// of all containers. The caller holds the network store's lock.
+    /// of all containers, and gives the executors of containers with
+    /// relocated ports their current addresses. The caller holds the
+    /// network store's lock.
     fn write_hosts_files_locked(&self) {
         let records: Vec<(PathBuf, ContainerRecord, Placement)> = self
             .containers()
@@ -881,6 +892,10 @@ impl Daemon {
             })
             .collect();
         for (path, record, placement) in &records {
+            if *placement == Placement::Relocated {
+                let addresses = record.networks.values().filter_map(|e| e.ip_address).collect();
+                self.isolation.update_relocated_addresses(&record.id, addresses);
+            }
             let entries = hosts_entries(record, *placement, &records);
             let text = files::render_hosts(record, placement.host_address(), &entries);
             match files::rewrite_in_place(path, &text) {
@@ -921,9 +936,11 @@ fn check_aliases(network: &NetworkRecord, request: &EndpointRequest) -> Result<(
 
 /// Returns the address at which the container of `record`, placed at
 /// `placement`, reaches `peer` on the network `network_id`. That is the
-/// peer's address there when both are on the network's bridge. Otherwise
-/// it is the host's loopback as the container reaches it, where a peer on
-/// the host's network listens.
+/// peer's address there when both are on the network's bridge, or when
+/// both have relocated ports: the executor then sends connections to
+/// that loopback address to the peer's relocated ports. Otherwise it is
+/// the host's loopback as the container reaches it, where a peer on the
+/// host's network listens.
 fn peer_address(
     placement: Placement,
     peer: &ContainerRecord,
@@ -941,8 +958,9 @@ fn peer_address(
     // NOTE: a peer in a namespace of its own that is not on a shared
     // bridge (a `--link` on the default network) does not listen on the
     // host's loopback, so only its published ports are reachable there.
+    let both_relocated = placement == Placement::Relocated && peer_placement == Placement::Relocated;
     match shared {
-        Some(address) if both_bridged => address,
+        Some(address) if both_bridged || both_relocated => address,
         _ => placement.host_address(),
     }
 }

@@ -1,16 +1,17 @@
 //! The TCP port forwarder: one listener per published port, relaying each
-//! connection to the container's port, directly or through the relay of
-//! the container's network namespace.
+//! connection to the container's port, directly, through the relay of
+//! the container's network namespace, or to the host port that replaces
+//! it.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use sidewhale_core::{
-    ForwardError, PortBinding, PortForwarder, PortTarget, Protocol, PublishedPort,
+    ForwardError, PortBinding, PortForwarder, PortTarget, Protocol, PublishedPort, RelocatedPorts,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,6 +35,12 @@ enum Upstream {
         socket: PathBuf,
         port: u16,
     },
+    /// A container port on the host's network, moved to the host port that
+    /// `ports` records once the container listens.
+    Relocated {
+        ports: Arc<RelocatedPorts>,
+        port: u16,
+    },
 }
 
 impl fmt::Display for Upstream {
@@ -41,6 +48,7 @@ impl fmt::Display for Upstream {
         match self {
             Upstream::Tcp(address) => write!(f, "{address}"),
             Upstream::Relay { socket, port } => write!(f, "{}#{port}", socket.display()),
+            Upstream::Relocated { port, .. } => write!(f, "relocated port {port}"),
         }
     }
 }
@@ -59,6 +67,14 @@ impl Upstream {
             Upstream::Relay { socket, port } => Ok(Box::new(
                 sidewhale_netns::relay::connect(socket, *port).await?,
             )),
+            Upstream::Relocated { ports, port } => {
+                let host_port = ports.host_port(Protocol::Tcp, *port).ok_or_else(|| {
+                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+                })?;
+                let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, host_port)).await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Box::new(stream))
+            }
         }
     }
 }
@@ -110,6 +126,10 @@ impl PortForwarder for TcpPortForwarder {
                 }
                 PortTarget::UnixSocket(socket) => Upstream::Relay {
                     socket: socket.clone(),
+                    port: binding.container_port,
+                },
+                PortTarget::Relocated(ports) => Upstream::Relocated {
+                    ports: ports.clone(),
                     port: binding.container_port,
                 },
             };

@@ -20,9 +20,11 @@ impl Daemon {
         for other in self.containers() {
             let other = other.record();
             // sidewhale serves Ryuk's port itself, on the published port only.
+            // A container with relocated ports does not listen on its own.
             let shares_host = other.runtime != ryuk::RUNTIME
                 && other.state.running()
-                && self.isolation.namespace(&other.id).is_none();
+                && self.isolation.namespace(&other.id).is_none()
+                && self.isolation.relocated_ports(&other.id).is_none();
             if other.id == record.id || !shares_host {
                 continue;
             }
