@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -96,33 +96,34 @@ pub enum PortTarget {
 /// namespaces, an executor can still keep two containers that listen on
 /// the same port apart: it binds each listener to a free host port
 /// instead, records the pair here, and sends the container's own
-/// connections to the port it asked for to the host port.
+/// connections to the port it asked for to the host port. A pair applies
+/// to TCP and UDP alike.
 #[derive(Debug, Default)]
 pub struct RelocatedPorts {
-    ports: Mutex<BTreeMap<(Protocol, u16), u16>>,
+    ports: Mutex<BTreeMap<u16, u16>>,
 }
 
 impl RelocatedPorts {
     /// Returns the host port that replaces `container_port`, once the
     /// container has bound it.
-    pub fn host_port(&self, protocol: Protocol, container_port: u16) -> Option<u16> {
-        self.lock().get(&(protocol, container_port)).copied()
+    pub fn host_port(&self, container_port: u16) -> Option<u16> {
+        self.lock().get(&container_port).copied()
     }
 
     /// Records that `host_port` replaces `container_port`.
-    pub fn insert(&self, protocol: Protocol, container_port: u16, host_port: u16) {
-        self.lock().insert((protocol, container_port), host_port);
+    pub fn insert(&self, container_port: u16, host_port: u16) {
+        self.lock().insert(container_port, host_port);
     }
 
-    /// Returns every `(protocol, container port, host port)` recorded.
-    pub fn entries(&self) -> Vec<(Protocol, u16, u16)> {
+    /// Returns every `(container port, host port)` pair recorded.
+    pub fn entries(&self) -> Vec<(u16, u16)> {
         self.lock()
             .iter()
-            .map(|(&(protocol, container_port), &host_port)| (protocol, container_port, host_port))
+            .map(|(&container_port, &host_port)| (container_port, host_port))
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Protocol, u16), u16>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, u16>> {
         self.ports.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -4,16 +4,22 @@
 //! its ports on the host, so two containers that listen on the same port
 //! collide. Relocation keeps them apart without privileges: a seccomp
 //! filter hands each `bind(2)` and `connect(2)` of the container's
-//! processes to sidewhale (`SECCOMP_RET_USER_NOTIF`). sidewhale takes a
-//! copy of the socket (`pidfd_getfd(2)`) and performs the call itself:
+//! processes to sidewhale (`SECCOMP_RET_USER_NOTIF`), which rewrites the
+//! socket address in the caller's memory (`/proc/PID/mem`) before the
+//! kernel runs the call:
 //!
 //! - a `bind` to an IPv4 or IPv6 port P binds a free host port H instead,
-//!   and records H for P in the container's `RelocatedPorts`;
+//!   and H is recorded for P in the container's `RelocatedPorts`;
 //! - a `connect` to P on loopback (or the unspecified address) goes to H
 //!   when the container has relocated P, so that `nc -z localhost P` and
 //!   bash's `/dev/tcp/localhost/P` from inside still find the listener;
 //! - a `connect` to another loopback address goes to the relocated port of
 //!   the peer that owns that address, which is where its names resolve.
+//!
+//! The caller's own socket address then contains H after the call. Taking
+//! a copy of the socket with `pidfd_getfd(2)` would avoid that, but the
+//! default seccomp profiles of Docker and containerd allow that call only
+//! with `CAP_SYS_PTRACE`, which the strictest pods do not grant.
 //!
 //! Opening `/proc/net/tcp`, `tcp6`, `udp` or `udp6` returns a copy in which
 //! each relocated host port reads as the container port, so that checks
@@ -22,22 +28,23 @@
 //! Every other call, Unix sockets included, continues unchanged. The
 //! kernel stops a traced process for ptrace before it runs the seccomp
 //! filter, so proot has already translated a Unix socket's path when the
-//! filter runs. proot must then run without its own seccomp
-//! filter, whose `SECCOMP_RET_TRACE` would lose to the notification and
-//! leave those paths untranslated. Setting `PROOT_NO_SECCOMP` would put
-//! that variable in the container's environment, so the supervisor fails
-//! proot's attempt to install its filter instead, and proot falls back to
-//! tracing every call. Filters that the container's own programs install
-//! are left alone: the process that installs proot's still runs the proot
+//! filter runs. proot must then run without its own seccomp filter, whose
+//! `SECCOMP_RET_TRACE` would lose to the notification and leave those
+//! paths untranslated. Setting `PROOT_NO_SECCOMP` would put that variable
+//! in the container's environment, so the supervisor rejects proot's
+//! attempt to install its filter instead, and proot falls back to tracing
+//! every call. Filters that the container's own programs install are left
+//! alone, because the process that installs proot's still runs the proot
 //! binary, which no container process does.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use sidewhale_core::{PortRelocation, Protocol, RelocatedPorts};
+use sidewhale_core::{PortRelocation, RelocatedPorts};
 
 /// `AUDIT_ARCH_*` of the architecture sidewhale runs on.
 #[cfg(target_arch = "x86_64")]
@@ -243,9 +250,9 @@ fn receive_fd(socket: &OwnedFd) -> io::Result<OwnedFd> {
     }
 }
 
-/// Returns whether this kernel lets sidewhale relocate ports: seccomp
-/// listeners and `pidfd_getfd`. Checked once, with a short-lived child
-/// that installs the filter.
+/// Returns whether this host lets sidewhale relocate ports, which needs
+/// seccomp listeners. Checked once, with a short-lived child that
+/// installs the filter.
 pub(crate) fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| match check() {
@@ -279,11 +286,8 @@ fn check() -> io::Result<()> {
     // Closing the listener makes the child's notified calls fail, so that
     // it exits without a supervisor.
     let received = channel.receive().map(drop);
-    let own = pidfd_open(std::process::id() as i32).and_then(|pidfd| pidfd_getfd(&pidfd, 0));
     child.wait()?;
-    received?;
-    own?;
-    Ok(())
+    received
 }
 
 /// Serves the filter's notifications on a thread of its own until no
@@ -386,8 +390,8 @@ impl Supervisor {
         }
     }
 
-    /// Makes a `bind` or `connect` to a relocated port on the caller's
-    /// behalf, and lets every other one through.
+    /// Points a `bind` or `connect` at a relocated port by rewriting the
+    /// caller's socket address, and lets the call go on.
     fn socket_call(&self, listener: RawFd, request: &libc::seccomp_notif) -> Response {
         let args = request.data.args;
         let length = args[2] as usize;
@@ -395,35 +399,68 @@ impl Supervisor {
             return Response::Continue;
         }
         // The pid names the caller only while its request is pending, so
-        // the pidfd is opened first and the request checked after.
-        let Ok(pidfd) = pidfd_open(request.pid as i32) else {
+        // the memory is opened first and the request checked after: the
+        // open file stays with the process it was opened for.
+        let Ok(memory) = Memory::open(request.pid) else {
             return Response::Continue;
         };
-        let Ok(bytes) = read_memory(request.pid as i32, args[1], length) else {
+        let Ok(bytes) = memory.read(args[1], length) else {
             return Response::Continue;
         };
         // SAFETY: SECCOMP_IOCTL_NOTIF_ID_VALID reads one u64.
         if unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &request.id) } != 0 {
             return Response::Continue;
         }
-
         let Some(address) = SocketAddress::parse(&bytes) else {
             return Response::Continue;
         };
-        let Ok(socket) = pidfd_getfd(&pidfd, args[0] as RawFd) else {
-            return Response::Continue;
-        };
-        let Some(protocol) = socket_protocol(&socket) else {
-            return Response::Continue;
-        };
 
-        if i64::from(request.data.nr) == libc::SYS_bind {
-            let ports = &self.relocation.ports;
-            return bind(&socket, bytes, address, protocol, ports, &self.container);
+        let rewritten = match i64::from(request.data.nr) {
+            libc::SYS_bind => self.bind_destination(bytes, address),
+            _ => connect_destination(bytes, address, &self.relocation),
+        };
+        if let Some(rewritten) = rewritten {
+            if let Err(error) = memory.write(args[1], &rewritten) {
+                tracing::warn!(
+                    container = %short(&self.container),
+                    pid = request.pid,
+                    %error,
+                    "failed to rewrite a socket address"
+                );
+            }
         }
-        match destination(bytes, address, protocol, &self.relocation) {
-            Some(bytes) => connect_apart(listener, request.id, socket, bytes),
-            None => Response::Continue,
+        Response::Continue
+    }
+
+    /// Returns the address a `bind` to `address` uses instead: the host
+    /// port recorded for its port, or a free one, recorded now. `None`
+    /// for port 0, which the kernel chooses anyway.
+    fn bind_destination(&self, mut bytes: Vec<u8>, address: SocketAddress) -> Option<Vec<u8>> {
+        if address.port == 0 {
+            return None;
+        }
+        let ports = &self.relocation.ports;
+        let host_port = match ports.host_port(address.port) {
+            Some(host_port) => host_port,
+            None => self.relocate(address.port)?,
+        };
+        set_port(&mut bytes, host_port);
+        Some(bytes)
+    }
+
+    /// Records a free host port for `container_port` and returns it.
+    fn relocate(&self, container_port: u16) -> Option<u16> {
+        let container = short(&self.container);
+        match free_port() {
+            Ok(host_port) => {
+                self.relocation.ports.insert(container_port, host_port);
+                tracing::info!(%container, container_port, host_port, "relocated a port");
+                Some(host_port)
+            }
+            Err(error) => {
+                tracing::warn!(%container, container_port, %error, "failed to relocate a port");
+                None
+            }
         }
     }
 
@@ -446,47 +483,12 @@ impl Supervisor {
     }
 }
 
-fn bind(
-    socket: &OwnedFd,
+/// Returns the address a `connect` to `address` uses instead: the
+/// relocated port of the container itself or of the peer at that address.
+/// `None` when the call goes on unchanged.
+fn connect_destination(
     mut bytes: Vec<u8>,
     address: SocketAddress,
-    protocol: Protocol,
-    ports: &RelocatedPorts,
-    container: &str,
-) -> Response {
-    if address.port == 0 {
-        return Response::Continue;
-    }
-    let known = ports.host_port(protocol, address.port);
-    set_port(&mut bytes, known.unwrap_or(0));
-    if let Err(errno) = call(libc::SYS_bind, socket, &bytes) {
-        return Response::Return(-errno);
-    }
-    if known.is_none() {
-        match local_port(socket) {
-            Ok(host_port) => {
-                ports.insert(protocol, address.port, host_port);
-                tracing::info!(
-                    container = %short(container),
-                    protocol = protocol.as_str(),
-                    container_port = address.port,
-                    host_port,
-                    "relocated a port"
-                );
-            }
-            Err(error) => tracing::warn!(%error, "cannot read a relocated socket's port"),
-        }
-    }
-    Response::Return(0)
-}
-
-/// Returns where a `connect` to `address` goes instead: the relocated port
-/// of the container itself or of the peer at that address. `None` when
-/// the call goes on unchanged.
-fn destination(
-    mut bytes: Vec<u8>,
-    address: SocketAddress,
-    protocol: Protocol,
     relocation: &PortRelocation,
 ) -> Option<Vec<u8>> {
     let ports = match address.host {
@@ -498,33 +500,32 @@ fn destination(
         }
         Host::Elsewhere => return None,
     };
-    let host_port = ports.host_port(protocol, address.port)?;
+    let host_port = ports.host_port(address.port)?;
     set_port(&mut bytes, host_port);
     Some(bytes)
 }
 
-/// Connects `socket` to `destination` on a thread of its own, which then
-/// sends the response to the notification `id`. A blocking socket's `connect` may wait
-/// for seconds, and the supervisor must go on serving the container's
-/// other processes meanwhile.
-fn connect_apart(listener: RawFd, id: u64, socket: OwnedFd, destination: Vec<u8>) -> Response {
-    let connect = move || match call(libc::SYS_connect, &socket, &destination) {
-        Ok(()) => Response::Return(0),
-        Err(errno) => Response::Return(-errno),
-    };
-    // SAFETY: the listener stays open while the supervisor runs, and
-    // `try_clone_to_owned` duplicates it.
-    let listener = unsafe { BorrowedFd::borrow_raw(listener) }.try_clone_to_owned();
-    let Ok(listener) = listener else {
-        return connect();
-    };
-    let spawned = std::thread::Builder::new()
-        .name("port-relocation-connect".into())
-        .spawn(move || send(listener.as_raw_fd(), id, connect()));
-    match spawned {
-        Ok(_) => Response::Sent,
-        Err(_) => Response::Continue,
+/// Returns a port that is free for TCP and UDP, on IPv4 and IPv6, as the
+/// kernel chooses it. It stays free until the caller binds it, unless
+/// another process takes it in between.
+fn free_port() -> io::Result<u16> {
+    const ATTEMPTS: usize = 16;
+    for _ in 0..ATTEMPTS {
+        // A socket on `::` also takes the IPv4 port, unless the host has
+        // no IPv6 at all.
+        let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
+            .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
+        let port = listener.local_addr()?.port();
+        let udp = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))
+            .or_else(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)));
+        if udp.is_ok() {
+            return Ok(port);
+        }
     }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("no port free for both TCP and UDP in {ATTEMPTS} attempts"),
+    ))
 }
 
 /// Sends `response` to the notification `id`, unless it was already sent.
@@ -558,27 +559,30 @@ fn open_table(
     if flags & libc::O_ACCMODE != libc::O_RDONLY {
         return Response::Continue;
     }
-    let Ok(bytes) = read_string(request.pid as i32, path, MAX_TABLE_PATH) else {
+    let Ok(memory) = Memory::open(request.pid) else {
+        return Response::Continue;
+    };
+    let Ok(bytes) = read_string(&memory, path, MAX_TABLE_PATH) else {
         return Response::Continue;
     };
     let Ok(path) = std::str::from_utf8(&bytes) else {
         return Response::Continue;
     };
-    let Some(protocol) = table_protocol(path) else {
+    if !is_network_table(path) {
         return Response::Continue;
-    };
+    }
 
     // The path is the host's, as proot translated it. The caller shares
     // sidewhale's network namespace, so both read the same table.
     let Ok(text) = std::fs::read_to_string(path) else {
         return Response::Continue;
     };
+    let entries = ports.entries();
     let text = rewrite_table(&text, |port| {
-        ports
-            .entries()
-            .into_iter()
-            .find(|(entry, _, host_port)| *entry == protocol && *host_port == port)
-            .map(|(_, container_port, _)| container_port)
+        entries
+            .iter()
+            .find(|(_, host_port)| *host_port == port)
+            .map(|(container_port, _)| *container_port)
     });
     let Ok(copy) = memfd(&text) else {
         return Response::Continue;
@@ -599,27 +603,24 @@ fn open_table(
     Response::Sent
 }
 
-/// Returns the protocol of a `/proc` network table's path:
-/// `/proc/net/tcp`, `/proc/self/net/udp6`, `/proc/PID/task/TID/net/tcp`.
-fn table_protocol(path: &str) -> Option<Protocol> {
-    let rest = path.strip_prefix("/proc/")?;
-    let (owner, table) = rest.rsplit_once("net/")?;
-    let owner = owner.trim_end_matches('/');
+/// Returns whether `path` names a `/proc` network table: `/proc/net/tcp`,
+/// `/proc/self/net/udp6`, `/proc/PID/task/TID/net/tcp` and the like.
+fn is_network_table(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/proc/") else {
+        return false;
+    };
+    let Some((owner, table)) = rest.rsplit_once("net/") else {
+        return false;
+    };
     let numeric = |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
-    let owner_ok = match owner.split('/').collect::<Vec<_>>().as_slice() {
+    let parts: Vec<&str> = owner.trim_end_matches('/').split('/').collect();
+    let owner_ok = match parts.as_slice() {
         [""] | ["self"] | ["thread-self"] => true,
         [pid] => numeric(pid),
         [pid, "task", tid] => numeric(pid) && numeric(tid),
         _ => false,
     };
-    if !owner_ok {
-        return None;
-    }
-    match table {
-        "tcp" | "tcp6" => Some(Protocol::Tcp),
-        "udp" | "udp6" => Some(Protocol::Udp),
-        _ => None,
-    }
+    owner_ok && matches!(table, "tcp" | "tcp6" | "udp" | "udp6")
 }
 
 /// Rewrites the local and remote ports of a `/proc/net/tcp`-style table
@@ -739,93 +740,40 @@ fn set_loopback(bytes: &mut [u8]) {
     }
 }
 
-fn call(number: libc::c_long, socket: &OwnedFd, address: &[u8]) -> Result<(), i32> {
-    // SAFETY: bind and connect read `address.len()` bytes of `address`.
-    let result = unsafe {
-        libc::syscall(
-            number,
-            socket.as_raw_fd(),
-            address.as_ptr(),
-            address.len() as libc::socklen_t,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO))
-    }
+/// The memory of a process, through `/proc/PID/mem`, which needs the
+/// same access as ptrace and no capability.
+struct Memory {
+    file: std::fs::File,
 }
 
-fn local_port(socket: &OwnedFd) -> io::Result<u16> {
-    // SAFETY: getsockname writes at most `length` bytes into `storage`.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut length = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let result = unsafe {
-        libc::getsockname(
-            socket.as_raw_fd(),
-            std::ptr::from_mut(&mut storage).cast(),
-            &mut length,
-        )
-    };
-    if result != 0 {
-        return Err(io::Error::last_os_error());
+impl Memory {
+    fn open(pid: u32) -> io::Result<Memory> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))?;
+        Ok(Memory { file })
     }
-    // SAFETY: storage is at least as large as the family's address.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(std::ptr::from_ref(&storage).cast::<u8>(), length as usize)
-    };
-    Ok(u16::from_be_bytes([bytes[2], bytes[3]]))
-}
 
-/// Returns the protocol of a TCP or UDP socket; `None` for other types.
-fn socket_protocol(socket: &OwnedFd) -> Option<Protocol> {
-    let mut kind: libc::c_int = 0;
-    let mut length = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: SO_TYPE writes one int.
-    let result = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            std::ptr::from_mut(&mut kind).cast(),
-            &mut length,
-        )
-    };
-    match (result, kind) {
-        (0, libc::SOCK_STREAM) => Some(Protocol::Tcp),
-        (0, libc::SOCK_DGRAM) => Some(Protocol::Udp),
-        _ => None,
+    fn read(&self, address: u64, length: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; length];
+        self.file.read_exact_at(&mut bytes, address)?;
+        Ok(bytes)
     }
-}
 
-fn read_memory(pid: i32, address: u64, length: usize) -> io::Result<Vec<u8>> {
-    let mut bytes = vec![0u8; length];
-    let local = libc::iovec {
-        iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: length,
-    };
-    let remote = libc::iovec {
-        iov_base: address as *mut libc::c_void,
-        iov_len: length,
-    };
-    // SAFETY: process_vm_readv writes at most `length` bytes into `bytes`.
-    let read = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-    if read != length as isize {
-        return Err(io::Error::last_os_error());
+    fn write(&self, address: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, address)
     }
-    Ok(bytes)
 }
 
 /// Reads a NUL-terminated string of at most `limit` bytes, the NUL
 /// included. The read stops at a page boundary where the string does.
-fn read_string(pid: i32, address: u64, limit: usize) -> io::Result<Vec<u8>> {
+fn read_string(memory: &Memory, address: u64, limit: usize) -> io::Result<Vec<u8>> {
     const PAGE: u64 = 4096;
     let to_page_end = (PAGE - address % PAGE) as usize;
-    let mut bytes = read_memory(pid, address, to_page_end.min(limit))?;
+    let mut bytes = memory.read(address, to_page_end.min(limit))?;
     if !bytes.contains(&0) && bytes.len() < limit {
-        let rest = read_memory(pid, address + bytes.len() as u64, limit - bytes.len())?;
+        let rest = memory.read(address + bytes.len() as u64, limit - bytes.len())?;
         bytes.extend(rest);
     }
     let end = bytes
@@ -834,26 +782,6 @@ fn read_string(pid: i32, address: u64, limit: usize) -> io::Result<Vec<u8>> {
         .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
     bytes.truncate(end);
     Ok(bytes)
-}
-
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes plain integers and returns a new descriptor.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor is new and owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-fn pidfd_getfd(pidfd: &OwnedFd, target: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_getfd takes plain integers and returns a new descriptor.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor is new and owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 fn short(id: &str) -> &str {
@@ -926,17 +854,22 @@ mod tests {
 
     #[test]
     fn network_table_paths() {
-        assert_eq!(table_protocol("/proc/net/tcp"), Some(Protocol::Tcp));
-        assert_eq!(table_protocol("/proc/self/net/tcp6"), Some(Protocol::Tcp));
-        assert_eq!(table_protocol("/proc/4242/net/udp"), Some(Protocol::Udp));
-        assert_eq!(
-            table_protocol("/proc/42/task/43/net/udp6"),
-            Some(Protocol::Udp)
-        );
-        assert_eq!(table_protocol("/proc/net/unix"), None);
-        assert_eq!(table_protocol("/proc/net/tcpx"), None);
-        assert_eq!(table_protocol("/srv/proc/net/tcp"), None);
-        assert_eq!(table_protocol("/proc/x/net/tcp"), None);
+        assert!(is_network_table("/proc/net/tcp"));
+        assert!(is_network_table("/proc/self/net/tcp6"));
+        assert!(is_network_table("/proc/4242/net/udp"));
+        assert!(is_network_table("/proc/42/task/43/net/udp6"));
+        assert!(!is_network_table("/proc/net/unix"));
+        assert!(!is_network_table("/proc/net/tcpx"));
+        assert!(!is_network_table("/srv/proc/net/tcp"));
+        assert!(!is_network_table("/proc/x/net/tcp"));
+    }
+
+    #[test]
+    fn free_port_takes_tcp_and_udp() {
+        let port = free_port().unwrap();
+        assert_ne!(port, 0);
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap();
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap();
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{container, finish, process, TestContainer, TIMEOUT};
-use sidewhale_core::{Executor, PortRelocation, Process, Protocol, RelocatedPorts};
+use sidewhale_core::{Executor, PortRelocation, Process, RelocatedPorts};
 use sidewhale_executors::{ProotExecutor, ProotOptions};
 use tokio::io::AsyncReadExt;
 
@@ -34,7 +34,7 @@ fn relocate(test: &mut TestContainer, peer: Option<Arc<RelocatedPorts>>) -> Arc<
 async fn host_port(ports: &RelocatedPorts, port: u16) -> u16 {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        if let Some(host_port) = ports.host_port(Protocol::Tcp, port) {
+        if let Some(host_port) = ports.host_port(port) {
             return host_port;
         }
         assert!(Instant::now() < deadline, "port {port} was not relocated in time");

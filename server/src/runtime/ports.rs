@@ -68,7 +68,7 @@ impl Upstream {
                 sidewhale_netns::relay::connect(socket, *port).await?,
             )),
             Upstream::Relocated { ports, port } => {
-                let host_port = ports.host_port(Protocol::Tcp, *port).ok_or_else(|| {
+                let host_port = ports.host_port(*port).ok_or_else(|| {
                     std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
                 })?;
                 let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, host_port)).await?;
