@@ -408,13 +408,9 @@ impl Daemon {
             }
             wait_until_stopped(container, changes, Some(Duration::from_secs(30))).await;
         }
+        // The claim keeps a second removal out, so no other caller has set
+        // Removing.
         let _lifecycle = container.lifecycle.lock().await;
-        if container.record().state.status == Status::Removing {
-            return Err(Error::Conflict(format!(
-                "removal of container {} is already in progress",
-                record.id
-            )));
-        }
         container.update(|record| record.state.status = Status::Removing);
 
         let images = self.images.clone();

@@ -7,7 +7,6 @@ names and tags follow distribution/reference. The API reference documents
 these failures as "400 bad parameter".
 """
 
-import json
 import socket
 import uuid
 
