@@ -546,6 +546,10 @@ async fn record_main_pid(
             });
             return;
         }
+        // A process that exits within milliseconds may never be seen.
+        if !container.record().state.running() {
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::warn!(container = %&container.id[..12], "main process pid not known after 2 s");
