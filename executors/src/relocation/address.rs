@@ -3,6 +3,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+/// The shortest `sockaddr_in6` the kernel accepts.
+const SOCKADDR_IN6_MIN: usize = 24;
+
 /// The kind of host a socket address names, for relocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Host {
@@ -28,7 +31,9 @@ impl SocketAddress {
             libc::AF_INET if bytes.len() >= size_of::<libc::sockaddr_in>() => {
                 Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7])
             }
-            libc::AF_INET6 if bytes.len() >= size_of::<libc::sockaddr_in6>() => {
+            // The kernel accepts a `sockaddr_in6` without its last field,
+            // `sin6_scope_id`, of 24 bytes (RFC 2133).
+            libc::AF_INET6 if bytes.len() >= SOCKADDR_IN6_MIN => {
                 let octets: [u8; 16] = bytes[8..24].try_into().ok()?;
                 let ipv6 = Ipv6Addr::from(octets);
                 if ipv6.is_loopback() || ipv6.is_unspecified() {
@@ -110,6 +115,14 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn short_ipv6_address_parsed() {
+        let bytes = ipv6(Ipv6Addr::UNSPECIFIED, 9090);
+        let address = SocketAddress::parse(&bytes[..SOCKADDR_IN6_MIN]).unwrap();
+        assert_eq!(address.port, 9090);
+        assert_eq!(SocketAddress::parse(&bytes[..SOCKADDR_IN6_MIN - 1]), None);
     }
 
     #[test]

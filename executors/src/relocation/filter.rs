@@ -225,6 +225,12 @@ fn check() -> io::Result<()> {
     let channel = ListenerChannel::new()?;
     let (sender, filter) = channel.child_end();
     let mut command = std::process::Command::new(program);
+    // The child fails to load its libraries once the listener is closed,
+    // and prints that error on stderr.
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     // SAFETY: the closure only makes system calls on memory prepared
     // before the fork.
     unsafe {

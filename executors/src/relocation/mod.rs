@@ -38,11 +38,11 @@
 //! binary, which no container process does.
 
 mod address;
+mod allocate;
 mod filter;
 mod table;
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -56,6 +56,9 @@ use table::open_table;
 /// The maximum length of a socket address that the supervisor reads.
 const MAX_ADDRESS: usize = 128;
 
+/// How many relocated ports of one container are logged at info level.
+const LOGGED_RELOCATIONS: usize = 16;
+
 /// Serves the filter's notifications on a thread of its own until no
 /// process uses the filter any more. `proot` is the proot binary, whose
 /// own seccomp filter is refused.
@@ -68,6 +71,7 @@ pub(crate) fn supervise(
     let spawned = std::thread::Builder::new()
         .name("port-relocation".into())
         .spawn(move || {
+            allocate::register(&relocation.ports);
             let supervisor = Supervisor {
                 relocation,
                 container,
@@ -206,6 +210,15 @@ impl Supervisor {
             return None;
         }
         let ports = &self.relocation.ports;
+        // A caller that binds again with the address it bound before now
+        // passes the host port, which needs no relocation.
+        if ports
+            .entries()
+            .iter()
+            .any(|(_, host_port)| *host_port == address.port)
+        {
+            return None;
+        }
         let host_port = match ports.host_port(address.port) {
             Some(host_port) => host_port,
             None => self.relocate(address.port)?,
@@ -217,10 +230,20 @@ impl Supervisor {
     /// Records a free host port for `container_port` and returns it.
     fn relocate(&self, container_port: u16) -> Option<u16> {
         let container = short(&self.container);
-        match free_port() {
+        match allocate::free_port() {
             Ok(host_port) => {
-                self.relocation.ports.insert(container_port, host_port);
-                tracing::info!(%container, container_port, host_port, "relocated a port");
+                let ports = &self.relocation.ports;
+                ports.insert(container_port, host_port);
+                // A container that binds many ports would flood the log.
+                let count = ports.entries().len();
+                if count <= LOGGED_RELOCATIONS {
+                    tracing::info!(%container, container_port, host_port, "relocated a port");
+                } else {
+                    tracing::debug!(%container, container_port, host_port, "relocated a port");
+                }
+                if count == LOGGED_RELOCATIONS {
+                    tracing::info!(%container, "further relocated ports are logged at debug level");
+                }
                 Some(host_port)
             }
             Err(error) => {
@@ -269,29 +292,6 @@ fn connect_destination(
     let host_port = ports.host_port(address.port)?;
     set_port(&mut bytes, host_port);
     Some(bytes)
-}
-
-/// Returns a port that is free for TCP and UDP, on IPv4 and IPv6, as the
-/// kernel chooses it. It stays free until the caller binds it, unless
-/// another process takes it in between.
-fn free_port() -> io::Result<u16> {
-    const ATTEMPTS: usize = 16;
-    for _ in 0..ATTEMPTS {
-        // A socket on `::` also takes the IPv4 port, unless the host has
-        // no IPv6 at all.
-        let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
-            .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
-        let port = listener.local_addr()?.port();
-        let udp = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))
-            .or_else(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)));
-        if udp.is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AddrInUse,
-        format!("no port free for both TCP and UDP in {ATTEMPTS} attempts"),
-    ))
 }
 
 /// Sends `response` to the notification `id`, unless it was already sent.
@@ -362,13 +362,61 @@ fn short(id: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    use sidewhale_core::RelocatedPorts;
+
     use super::*;
 
+    fn supervisor() -> Supervisor {
+        Supervisor {
+            relocation: PortRelocation {
+                ports: Arc::new(RelocatedPorts::default()),
+                peers: Arc::new(|_| None),
+            },
+            container: "0123456789ab".into(),
+            proot: "/usr/bin/proot".into(),
+        }
+    }
+
+    fn ipv4(port: u16) -> Vec<u8> {
+        let mut bytes = vec![0u8; size_of::<libc::sockaddr_in>()];
+        bytes[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        bytes[2..4].copy_from_slice(&port.to_be_bytes());
+        bytes[4..8].copy_from_slice(&Ipv4Addr::UNSPECIFIED.octets());
+        bytes
+    }
+
+    fn bind(supervisor: &Supervisor, port: u16) -> Option<u16> {
+        let bytes = ipv4(port);
+        let address = SocketAddress::parse(&bytes).unwrap();
+        let rewritten = supervisor.bind_destination(bytes, address)?;
+        Some(u16::from_be_bytes([rewritten[2], rewritten[3]]))
+    }
+
     #[test]
-    fn free_port_takes_tcp_and_udp() {
-        let port = free_port().unwrap();
-        assert_ne!(port, 0);
-        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap();
-        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap();
+    fn bind_records_host_port() {
+        let supervisor = supervisor();
+        let host_port = bind(&supervisor, 80).unwrap();
+        assert_ne!(host_port, 80);
+        assert_eq!(supervisor.relocation.ports.host_port(80), Some(host_port));
+        // A second bind of the same port gets the same host port.
+        assert_eq!(bind(&supervisor, 80), Some(host_port));
+    }
+
+    #[test]
+    fn bind_of_own_host_port_unchanged() {
+        let supervisor = supervisor();
+        let host_port = bind(&supervisor, 53).unwrap();
+        assert_eq!(bind(&supervisor, host_port), None);
+        assert_eq!(supervisor.relocation.ports.entries(), vec![(53, host_port)]);
+    }
+
+    #[test]
+    fn bind_of_port_zero_unchanged() {
+        let supervisor = supervisor();
+        assert_eq!(bind(&supervisor, 0), None);
+        assert!(supervisor.relocation.ports.entries().is_empty());
     }
 }

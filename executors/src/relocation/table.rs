@@ -22,7 +22,9 @@ pub(super) fn open_table(
     flags: i32,
     ports: &RelocatedPorts,
 ) -> Response {
-    if flags & libc::O_ACCMODE != libc::O_RDONLY {
+    // The kernel handles a directory or path-only open itself.
+    let special = libc::O_DIRECTORY | libc::O_PATH;
+    if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & special != 0 {
         return Response::Continue;
     }
     let Ok(memory) = Memory::open(request.pid) else {
