@@ -11,6 +11,7 @@ use serde_json::Value;
 use sidewhale_core::{ImageConfig, ImageRecord, PortBinding, Protocol, Reference};
 
 use super::model::{ContainerConfig, ContainerRecord, CreateRequest, HostConfigRequest, State};
+use super::restart::{Policy, RestartPolicy};
 use super::{files, ryuk, Container, Daemon, Error, Result};
 
 /// Docker's runtime name; clients that send it mean "the default".
@@ -58,6 +59,12 @@ impl Daemon {
             serde_json::from_value(host_config_value.clone())
                 .map_err(|error| Error::InvalidParameter(format!("invalid HostConfig: {error}")))?
         };
+        let restart = RestartPolicy::parse(&host_config_value["RestartPolicy"])?;
+        if host_config.auto_remove.unwrap_or(false) && restart.policy != Policy::No {
+            return Err(Error::InvalidParameter(
+                "can't create 'AutoRemove' container with restart policy".into(),
+            ));
+        }
         self.redirect_docker_socket(&mut host_config)?;
         let endpoints =
             self.plan_endpoints(&host_config_value, request.networking_config.as_ref())?;

@@ -92,6 +92,7 @@ impl Daemon {
             }
             Status::Created | Status::Exited => {}
         }
+        container.stopped_by_client.store(false, Ordering::SeqCst);
         if record.runtime == ryuk::RUNTIME {
             self.start_ryuk(container).await?;
             self.container_event(&container.record(), "start", &[]);
@@ -290,6 +291,8 @@ impl Daemon {
         }
         if record.auto_remove {
             self.auto_remove(container).await;
+        } else {
+            self.schedule_restart(container);
         }
     }
 
@@ -317,6 +320,8 @@ impl Daemon {
         signal: Option<&str>,
     ) -> Result<()> {
         let record = container.record();
+        // Also cancels a restart that the restart policy has scheduled.
+        container.stopped_by_client.store(true, Ordering::SeqCst);
         if !record.state.running() {
             return Err(Error::NotModified);
         }
@@ -357,6 +362,7 @@ impl Daemon {
             Some(signal) if !signal.is_empty() => parse_signal(signal)?,
             _ => libc::SIGKILL,
         };
+        container.stopped_by_client.store(true, Ordering::SeqCst);
         let control = container
             .control()
             .filter(|_| record.state.running())

@@ -16,6 +16,7 @@ pub mod model;
 mod mounts;
 pub mod networks;
 mod pause;
+mod restart;
 pub mod ports;
 pub mod processes;
 pub mod prune;
@@ -58,6 +59,11 @@ pub struct Container {
     /// Set by the removal that owns this container, before it kills a
     /// running process, so that the exit's auto-removal skips it.
     removal_claimed: std::sync::atomic::AtomicBool,
+    /// Set when a client stops or kills the container, which its restart
+    /// policy then leaves stopped; cleared when it starts.
+    stopped_by_client: std::sync::atomic::AtomicBool,
+    /// The delay before the last restart by the restart policy.
+    restart_delay: Mutex<Option<std::time::Duration>>,
 }
 
 impl Container {
@@ -73,6 +79,8 @@ impl Container {
             stdin: Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
             removal_claimed: std::sync::atomic::AtomicBool::new(false),
+            stopped_by_client: std::sync::atomic::AtomicBool::new(false),
+            restart_delay: Mutex::new(None),
         }
     }
 
