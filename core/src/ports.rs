@@ -110,6 +110,14 @@ impl RelocatedPorts {
         self.lock().get(&container_port).copied()
     }
 
+    /// Returns the container port that `host_port` replaces, if any.
+    pub fn container_port(&self, host_port: u16) -> Option<u16> {
+        self.lock()
+            .iter()
+            .find(|(_, &recorded)| recorded == host_port)
+            .map(|(&container_port, _)| container_port)
+    }
+
     /// Records that `host_port` replaces `container_port`.
     pub fn insert(&self, container_port: u16, host_port: u16) {
         self.lock().insert(container_port, host_port);

@@ -78,10 +78,11 @@ pub(super) fn set_loopback(bytes: &mut [u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn ipv4(address: Ipv4Addr, port: u16) -> Vec<u8> {
+    /// Returns a `sockaddr_in` for `address` and `port`.
+    pub(in crate::relocation) fn ipv4(address: Ipv4Addr, port: u16) -> Vec<u8> {
         let mut bytes = vec![0u8; size_of::<libc::sockaddr_in>()];
         bytes[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
         bytes[2..4].copy_from_slice(&port.to_be_bytes());

@@ -142,65 +142,63 @@ pub(crate) fn install(sender: RawFd, filter: &[libc::sock_filter]) -> io::Result
     sent
 }
 
-/// Sends `fd` as `SCM_RIGHTS` with one byte of data. Allocates nothing.
-fn send_fd(socket: RawFd, fd: RawFd) -> io::Result<()> {
-    // Room for one cmsghdr with one descriptor, suitably aligned.
+/// Runs `call` with a message of one byte whose control buffer has room
+/// for one `cmsghdr` with one descriptor, suitably aligned. Allocates
+/// nothing, so that it may run between fork and exec.
+fn with_message<T>(call: impl FnOnce(&mut libc::msghdr) -> T) -> T {
     let mut control = [0u64; 4];
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    // SAFETY: every pointer refers to a local that outlives sendmsg, and
-    // the control buffer is large enough for CMSG_SPACE of one int.
-    unsafe {
-        let mut message: libc::msghdr = std::mem::zeroed();
-        message.msg_iov = &mut iov;
-        message.msg_iovlen = 1;
-        message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
-        let header = libc::CMSG_FIRSTHDR(&message);
-        (*header).cmsg_level = libc::SOL_SOCKET;
-        (*header).cmsg_type = libc::SCM_RIGHTS;
-        (*header).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), fd);
-        if libc::sendmsg(socket, &message, 0) < 0 {
-            return Err(io::Error::last_os_error());
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = size_of_val(&control);
+    call(&mut message)
+}
+
+/// Sends `fd` as `SCM_RIGHTS` with one byte of data. Allocates nothing.
+fn send_fd(socket: RawFd, fd: RawFd) -> io::Result<()> {
+    with_message(|message| {
+        // SAFETY: the message's pointers refer to buffers that outlive
+        // sendmsg, and its control buffer is larger than CMSG_SPACE of
+        // one int.
+        unsafe {
+            message.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
+            let header = libc::CMSG_FIRSTHDR(message);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), fd);
+            if libc::sendmsg(socket, message, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Receives one descriptor sent by `send_fd`, without waiting.
 fn receive_fd(socket: &OwnedFd) -> io::Result<OwnedFd> {
-    let mut control = [0u64; 4];
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: as in `send_fd`. The received descriptor is owned here.
-    unsafe {
-        let mut message: libc::msghdr = std::mem::zeroed();
-        message.msg_iov = &mut iov;
-        message.msg_iovlen = 1;
-        message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = size_of_val(&control);
-        let received = libc::recvmsg(
-            socket.as_raw_fd(),
-            &mut message,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        );
-        if received < 0 {
-            return Err(io::Error::last_os_error());
+    with_message(|message| {
+        // SAFETY: as in `send_fd`. The received descriptor is owned here.
+        unsafe {
+            let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+            if libc::recvmsg(socket.as_raw_fd(), message, flags) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let header = libc::CMSG_FIRSTHDR(message);
+            if header.is_null() || (*header).cmsg_type != libc::SCM_RIGHTS {
+                return Err(io::Error::other("the child sent no seccomp listener"));
+            }
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>());
+            Ok(OwnedFd::from_raw_fd(fd))
         }
-        let header = libc::CMSG_FIRSTHDR(&message);
-        if header.is_null() || (*header).cmsg_type != libc::SCM_RIGHTS {
-            return Err(io::Error::other("the child sent no seccomp listener"));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>());
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
+    })
 }
 
 /// Returns whether this host lets sidewhale relocate ports, which needs

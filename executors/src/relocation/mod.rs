@@ -133,7 +133,7 @@ impl Supervisor {
             let response = self.respond(fd, &request);
             send(fd, request.id, response);
         }
-        tracing::debug!(container = %short(&self.container), "port relocation ended");
+        tracing::debug!(container = %self.container, "port relocation ended");
     }
 
     fn respond(&self, listener: RawFd, request: &libc::seccomp_notif) -> Response {
@@ -141,22 +141,20 @@ impl Supervisor {
         match i64::from(request.data.nr) {
             libc::SYS_prctl | libc::SYS_seccomp => self.filter_install(request),
             libc::SYS_bind | libc::SYS_connect => self.socket_call(listener, request),
-            // `openat(dirfd, path, flags)`.
-            libc::SYS_openat => open_table(
-                listener,
-                request,
-                args[1],
-                args[2] as i32,
-                &self.relocation.ports,
-            ),
-            // `open(path, flags)`.
-            _ => open_table(
-                listener,
-                request,
-                args[0],
-                args[1] as i32,
-                &self.relocation.ports,
-            ),
+            number => {
+                // `openat(dirfd, path, flags)` or `open(path, flags)`.
+                let (path, flags) = match number {
+                    libc::SYS_openat => (args[1], args[2]),
+                    _ => (args[0], args[1]),
+                };
+                open_table(
+                    listener,
+                    request,
+                    path,
+                    flags as i32,
+                    &self.relocation.ports,
+                )
+            }
         }
     }
 
@@ -192,7 +190,7 @@ impl Supervisor {
         if let Some(rewritten) = rewritten {
             if let Err(error) = memory.write(args[1], &rewritten) {
                 tracing::warn!(
-                    container = %short(&self.container),
+                    container = %self.container,
                     pid = request.pid,
                     %error,
                     "failed to rewrite a socket address"
@@ -212,11 +210,7 @@ impl Supervisor {
         let ports = &self.relocation.ports;
         // A caller that binds again with the address it bound before now
         // passes the host port, which needs no relocation.
-        if ports
-            .entries()
-            .iter()
-            .any(|(_, host_port)| *host_port == address.port)
-        {
+        if ports.container_port(address.port).is_some() {
             return None;
         }
         let host_port = match ports.host_port(address.port) {
@@ -229,7 +223,7 @@ impl Supervisor {
 
     /// Records a free host port for `container_port` and returns it.
     fn relocate(&self, container_port: u16) -> Option<u16> {
-        let container = short(&self.container);
+        let container = &self.container;
         match allocate::free_port() {
             Ok(host_port) => {
                 let ports = &self.relocation.ports;
@@ -307,8 +301,9 @@ fn send(listener: RawFd, id: u64, response: Response) {
         Response::Return(result) => reply.error = result,
         Response::Sent => return,
     }
-    // SAFETY: SECCOMP_IOCTL_NOTIF_SEND reads one seccomp_notif_resp. It
-    // fails only when the process is gone, which needs no response.
+    // SAFETY: SECCOMP_IOCTL_NOTIF_SEND reads one seccomp_notif_resp. Its
+    // result is ignored: the expected error, ENOENT, means the process is
+    // gone.
     unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SEND, &reply) };
 }
 
@@ -356,10 +351,6 @@ fn read_string(memory: &Memory, address: u64, limit: usize) -> io::Result<Vec<u8
     Ok(bytes)
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -380,16 +371,8 @@ mod tests {
         }
     }
 
-    fn ipv4(port: u16) -> Vec<u8> {
-        let mut bytes = vec![0u8; size_of::<libc::sockaddr_in>()];
-        bytes[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-        bytes[2..4].copy_from_slice(&port.to_be_bytes());
-        bytes[4..8].copy_from_slice(&Ipv4Addr::UNSPECIFIED.octets());
-        bytes
-    }
-
     fn bind(supervisor: &Supervisor, port: u16) -> Option<u16> {
-        let bytes = ipv4(port);
+        let bytes = address::tests::ipv4(Ipv4Addr::UNSPECIFIED, port);
         let address = SocketAddress::parse(&bytes).unwrap();
         let rewritten = supervisor.bind_destination(bytes, address)?;
         Some(u16::from_be_bytes([rewritten[2], rewritten[3]]))

@@ -45,13 +45,7 @@ pub(super) fn open_table(
     let Ok(text) = std::fs::read_to_string(path) else {
         return Response::Continue;
     };
-    let entries = ports.entries();
-    let text = rewrite_table(&text, |port| {
-        entries
-            .iter()
-            .find(|(_, host_port)| *host_port == port)
-            .map(|(container_port, _)| *container_port)
-    });
+    let text = rewrite_table(&text, |port| ports.container_port(port));
     let Ok(copy) = memfd(&text) else {
         return Response::Continue;
     };

@@ -260,10 +260,11 @@ impl Isolation {
         let short_id = short(container_id);
         if placement == Placement::Relocated {
             let ports = Arc::new(RelocatedPorts::default());
-            let addresses = links.iter().map(|link| link.address.address).collect();
+            // The hosts files, rewritten before the container's process
+            // starts, fill in its addresses.
             let relocation = Relocation {
                 ports: ports.clone(),
-                addresses,
+                addresses: Vec::new(),
             };
             lock(&self.relocations).insert(container_id.to_string(), relocation);
             tracing::debug!(container = %short_id, "container shares the host's network with relocated ports");
@@ -455,7 +456,6 @@ impl Isolation {
             .map(|sandbox| sandbox.outbound.is_some())
     }
 
-    /// Returns the namespace of a running container, if it has one.
     /// Returns the relocated ports of a running container on the host's
     /// network.
     pub fn relocated_ports(&self, container_id: &str) -> Option<Arc<RelocatedPorts>> {
@@ -464,8 +464,9 @@ impl Isolation {
             .map(|relocation| relocation.ports.clone())
     }
 
-    /// Replaces the endpoint addresses of a container with relocated
-    /// ports, after it joined or left a network. Does nothing for other
+    /// Sets the endpoint addresses of a container with relocated ports,
+    /// each time the hosts files are rewritten: before its process starts
+    /// and after it joins or leaves a network. Does nothing for other
     /// containers.
     pub fn update_relocated_addresses(&self, container_id: &str, addresses: Vec<Ipv4Addr>) {
         if let Some(relocation) = lock(&self.relocations).get_mut(container_id) {
@@ -485,6 +486,7 @@ impl Isolation {
         })
     }
 
+    /// Returns the namespace of a running container, if it has one.
     pub fn namespace(&self, container_id: &str) -> Option<NetworkNamespace> {
         self.holders()
             .get(container_id)

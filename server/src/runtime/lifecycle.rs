@@ -118,10 +118,7 @@ impl Daemon {
         spec.network = self.isolation.namespace(&record.id);
         spec.port_relocation = self.port_relocation(&record.id);
         if placement == Placement::Host {
-            if let Err(error) = self.check_shared_ports(&record) {
-                self.isolation.detach(&record.id).await;
-                return Err(error);
-            }
+            self.check_shared_ports(&record)?;
         }
         // Where the container runs is known only now: slirp4netns may have
         // failed to start. Peers' addresses depend on where each runs.
